@@ -104,7 +104,7 @@ SEARCH_SCHEMA: dict[str, Field] = {
     "objective": _f("str", "best", choices=("best", "last"),
                     doc="the trial's value: best or last reported metric"),
     "sampler": _f("map", None, nullable=True),
-    "pruner": _f("map", None, nullable=True),
+    "pruner": _f("any", None, nullable=True, doc="mapping, or \"none\" to switch pruning off"),
     "storage": _f("str", None, nullable=True),
     "include_baseline": _f("bool", True),
     "search_space": _f("map", None, nullable=True),
@@ -464,8 +464,8 @@ def _build_search(v: "_Validator", data: dict[str, Any], s: dict[str, Any], *, r
     sampler = SamplerConfig(**sd)
 
     pruner_raw = s.get("pruner")
-    if pruner_raw is None or (isinstance(pruner_raw, str) and pruner_raw.lower() in ("none", "null")):
-        pruner_raw = {"type": "none"} if pruner_raw is not None or "pruner" in s else {}
+    if pruner_raw is None:
+        pruner_raw = {}          # default: MedianPruner; write `pruner: none` to switch pruning off
     if isinstance(pruner_raw, str):
         pruner_raw = {"type": pruner_raw}
     if not isinstance(pruner_raw, Mapping):
@@ -501,7 +501,8 @@ def _build_search(v: "_Validator", data: dict[str, Any], s: dict[str, Any], *, r
     study_name = s.get("study_name")
     if not study_name:
         ds = data.get("data", {}).get("dataset_name")
-        study_name = f"{ds}_optimization" if ds else f"{Path(v.path).stem}_optimization"
+        stem = re.sub(r"[^A-Za-z0-9_.\-]", "", Path(v.path).stem) or "sweep"
+        study_name = f"{ds}_optimization" if ds else f"{stem}_optimization"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", study_name):
         raise v.error("search.study_name",
                       f"may hold letters, digits, '_', '-' and '.' only, got {study_name!r}")
@@ -587,7 +588,7 @@ def _all_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def _did_you_mean(word: str, options: Any) -> str:
-    match = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    match = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

@@ -1,0 +1,4 @@
+"""``python -m raysweep`` = ``raysweep``."""
+from raysweep.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Small runnable training functions used by the example configs and the tests."""
