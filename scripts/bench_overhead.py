@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Orchestration overhead: raysweep vs plain Ray Tune + OptunaSearch vs plain Optuna.
+
+The same sleeping trials (a model of GPU-bound work) run through
+
+  (a) raysweep run with a user function,
+  (b) Ray Tune's Tuner + OptunaSearch with default settings,
+  (c) plain Optuna with 2 worker processes on one journal file,
+
+each in a fresh process. ideal = trials x seconds-per-trial / slots. Printed:
+wall time over ideal, counted from the first trial's start to the last trial's
+end ("span"), and from the process start ("total"), plus raysweep's speed-up
+over (b). Medians over --repeat runs.
+
+    python scripts/bench_overhead.py              # all workloads, 1 repeat
+    python scripts/bench_overhead.py --repeat 3 --workloads 50x0.2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOTS = 2
+WORKLOADS = {
+    "50x0.2": dict(trials=50, epochs=1, seconds=0.2, prune=False),
+    "20x1": dict(trials=20, epochs=1, seconds=1.0, prune=False),
+    "20x10x0.1-prune": dict(trials=20, epochs=10, seconds=0.1, prune=True),
+}
+
+
+# --------------------------------------------------------------------------
+# Trial bodies (run inside the variants); each appends "start end" to a file.
+# --------------------------------------------------------------------------
+
+def _objective_value(lr: float, epoch: int) -> float:
+    import math
+
+    return -abs(math.log10(lr) + 2) + 0.01 * epoch
+
+
+def _variant_raysweep(w: dict, log: str, workdir: str) -> None:
+    import yaml
+
+    cfg = {
+        "seed": 1,
+        "training": {"entrypoint": "bench_overhead_fn:train", "num_epochs": w["epochs"]},
+        "optimizer": {"lr": 0.01},
+        "bench": {"seconds": w["seconds"], "log": log},
+        "search": {"study_name": "bench", "n_trials": w["trials"], "metric": "score",
+                   "sampler": {"type": "TPESampler", "n_startup_trials": 10, "seed": 1},
+                   "pruner": {"type": "MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 3}
+                   if w["prune"] else "none",
+                   "include_baseline": False,
+                   "search_space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1.0}}},
+        "ray": {"resources_per_trial": {"cpu": 1}, "max_failures": 0},
+    }
+    Path(workdir, "bench.yaml").write_text(yaml.safe_dump(cfg))
+    from raysweep.config import load_config
+    from raysweep.tuner import run_sweep
+
+    run_sweep(load_config(str(Path(workdir, "bench.yaml"))), echo=lambda s: None)
+
+
+def _variant_tune(w: dict, log: str, workdir: str) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    ray.init(num_cpus=SLOTS, include_dashboard=False, log_to_driver=False)
+    fn = _tune_trainable(w, log)
+    tuner = tune.Tuner(
+        fn,
+        param_space={"lr": tune.loguniform(1e-5, 1.0)},
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(seed=1), metric="score", mode="max", num_samples=w["trials"],
+            scheduler=ASHAScheduler(max_t=w["epochs"], grace_period=1) if w["prune"] else None),
+        run_config=tune.RunConfig(storage_path=str(Path(workdir, "tune")), verbose=0),
+    )
+    tuner.fit()
+
+
+def _tune_trainable(w: dict, log: str):
+    def trainable(config):
+        from ray import tune
+
+        start = time.time()
+        for epoch in range(w["epochs"]):
+            time.sleep(w["seconds"])
+            tune.report({"score": _objective_value(config["lr"], epoch)})
+        with open(log, "a") as f:
+            f.write(f"{start} {time.time()}\n")
+    return trainable
+
+
+def _optuna_worker(w: dict, log: str, journal: str, n: int) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    pruner = optuna.pruners.MedianPruner(5, 3) if w["prune"] else optuna.pruners.NopPruner()
+    study = optuna.create_study(study_name="bench", storage=storage, load_if_exists=True,
+                                direction="maximize", pruner=pruner,
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=10))
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+        start = time.time()
+        value = 0.0
+        try:
+            for epoch in range(w["epochs"]):
+                time.sleep(w["seconds"])
+                value = _objective_value(lr, epoch)
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        finally:
+            with open(log, "a") as f:
+                f.write(f"{start} {time.time()}\n")
+        return value
+
+    study.optimize(objective, n_trials=n)
+
+
+def _variant_optuna(w: dict, log: str, workdir: str) -> None:
+    import multiprocessing as mp
+
+    journal = str(Path(workdir, "journal.log"))
+    per = [w["trials"] // SLOTS + (1 if i < w["trials"] % SLOTS else 0) for i in range(SLOTS)]
+    procs = [mp.get_context("spawn").Process(target=_optuna_worker, args=(w, log, journal, n)) for n in per]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+
+
+VARIANTS = {"raysweep": _variant_raysweep, "tune-default": _variant_tune, "optuna-2proc": _variant_optuna}
+
+FN_MODULE = '''
+import time, raysweep
+from bench_overhead import _objective_value
+
+def train(config):
+    b = config["bench"]
+    start = time.time()
+    for epoch in range(config["training"]["num_epochs"]):
+        time.sleep(b["seconds"])
+        raysweep.report({"score": _objective_value(config["optimizer"]["lr"], epoch), "epoch": epoch})
+    with open(b["log"], "a") as f:
+        f.write(f"{start} {time.time()}\\n")
+'''
+
+
+def run_one(variant: str, workload: str) -> dict:
+    """Run one (variant, workload) in a fresh process; return span/total seconds."""
+    with tempfile.TemporaryDirectory(prefix="rsbench_") as d:
+        log = str(Path(d, "trials.log"))
+        Path(d, "bench_overhead_fn.py").write_text(FN_MODULE)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([d, str(ROOT / "scripts"), str(ROOT), env.get("PYTHONPATH", "")])
+        t0 = time.time()
+        code = (f"import sys; sys.path[:0] = [{d!r}, {str(ROOT / 'scripts')!r}]; import bench_overhead as b; "
+                f"b.VARIANTS[{variant!r}](b.WORKLOADS[{workload!r}], {log!r}, {d!r})")
+        subprocess.run([sys.executable, "-c", code], cwd=d, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        total = time.time() - t0
+        rows = [tuple(map(float, line.split())) for line in Path(log).read_text().split("\n") if line.strip()]
+    starts, ends = [r[0] for r in rows], [r[1] for r in rows]
+    busy = sum(e - s for s, e in rows)
+    return {"span": max(ends) - min(starts), "total": total, "trials": len(rows),
+            "first_trial_after": min(starts) - t0, "busy": busy}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--json", help="also write the raw figures here")
+    args = ap.parse_args()
+    raw: dict = {}
+    print(f"{'workload':18} {'variant':14} {'span/ideal':>10} {'total/ideal':>11} {'1st trial s':>11} {'trials':>6}")
+    for wname in args.workloads.split(","):
+        w = WORKLOADS[wname]
+        for vname in args.variants.split(","):
+            runs = [run_one(vname, wname) for _ in range(args.repeat)]
+            # with pruning the work done differs per variant: ideal = its own busy time / slots
+            ideal = [(r["busy"] if w["prune"] else w["trials"] * w["epochs"] * w["seconds"]) / SLOTS for r in runs]
+            span = statistics.median(r["span"] / i for r, i in zip(runs, ideal))
+            total = statistics.median(r["total"] / i for r, i in zip(runs, ideal))
+            first = statistics.median(r["first_trial_after"] for r in runs)
+            raw[(wname, vname)] = {"span_ratio": span, "total_ratio": total, "first_trial_s": first,
+                                   "total_s": statistics.median(r["total"] for r in runs), "runs": runs}
+            print(f"{wname:18} {vname:14} {span:10.2f}x {total:10.2f}x {first:11.1f} {runs[0]['trials']:6d}",
+                  flush=True)
+        if ("raysweep" in args.variants and "tune-default" in args.variants):
+            a, b = raw[(wname, "raysweep")], raw[(wname, "tune-default")]
+            print(f"{wname:18} raysweep is {b['total_s'] / a['total_s']:.1f}x faster than tune-default "
+                  f"(total wall {a['total_s']:.1f} s vs {b['total_s']:.1f} s)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in raw.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
