@@ -60,7 +60,8 @@ class LiveTrial:
     best: float | None = None
     epochs: int = 0
     pruned: bool = False
-    error: str | None = None
+    error: str | None = None          # a failure raysweep decided (e.g. NaN metric)
+    last_error: str | None = None     # the last error Tune saw (the trial may be retried)
     node: str | None = None
     worker: str | None = None
     started: float = field(default_factory=time.time)
@@ -250,7 +251,7 @@ class SweepController:
     def on_error(self, tune_trial: Any) -> None:
         rec = self.live.get(tune_trial.trial_id)
         if rec is not None:
-            rec.error = _short_error(_error_text(tune_trial))
+            rec.last_error = _short_error(_error_text(tune_trial))
 
     def on_complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
         """Tell the study how the trial ended; never twice, never a finished one."""
@@ -271,7 +272,8 @@ class SweepController:
             attrs[constants.ATTR_BEST] = rec.best
         if error or rec.error:
             state = TS.FAIL
-            attrs[constants.ATTR_ERROR] = rec.error or "trial failed"
+            rec.error = rec.error or rec.last_error or "trial failed"
+            attrs[constants.ATTR_ERROR] = rec.error
         elif rec.pruned:
             state = TS.PRUNED
         elif rec.last is None:
@@ -425,10 +427,8 @@ class StudyScheduler(_Stateless, FIFOScheduler):
         return active().on_result(trial, result, tune_controller)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        c = active()
-        c.on_error(trial)
-        if c.asha is not None:
-            c.asha.on_trial_error(tune_controller, trial)
+        # Also called before a retry from the last checkpoint: only note the error.
+        active().on_error(trial)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         c = active()

@@ -229,3 +229,31 @@ def test_bad_metric_config_errors_before_ray(in_tmp):
     with pytest.raises(ConfigError, match="training.entrypoint"):
         run_sweep(load_config(path))
     assert not (in_tmp / "runs").exists()
+
+
+def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, in_tmp):
+    path = make_config(in_tmp, fn="flaky", n_trials=2, epochs=4, name="retry")
+    data = yaml.safe_load(path.read_text())
+    data["ray"]["max_failures"] = 1
+    path.write_text(yaml.safe_dump(data))
+    out = run_sweep(load_config(path))
+    trials = study_of(out).get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE]
+    for t in trials:
+        assert sorted(t.intermediate_values) == [0, 1, 2, 3]
+    probes = read_probes(str(in_tmp / "probe_retry"))
+    for number, events in probes.items():
+        # the retry started at epoch 2, from the checkpoint of epoch 1, not from 0
+        assert set(events) == {"attempt0", "attempt2"}, events
+
+
+def test_unreachable_storage_is_a_usage_error(in_tmp):
+    path = make_config(in_tmp, name="store")
+    data = yaml.safe_load(path.read_text())
+    data["search"]["storage"] = "postgresql://alice:s3cret@127.0.0.1:1/studies"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["run", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "search.storage" in result.output and "alice:***@127.0.0.1:1" in result.output
+    assert "s3cret" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (in_tmp / "runs").exists()

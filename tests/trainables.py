@@ -46,7 +46,31 @@ def leaky(config: dict[str, Any]) -> None:
 def read_probes(d: str) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for name in os.listdir(d):
+        if not name.endswith(".json"):
+            continue
         with open(os.path.join(d, name)) as f:
             ev = json.load(f)
         out.setdefault(ev["number"], {})[ev["kind"]] = ev
     return out
+
+
+def flaky(config: dict[str, Any]) -> None:
+    """Fails once at epoch 2 (first attempt only), checkpointing every epoch."""
+    import tempfile
+
+    probe = config["probe"]
+    marker = os.path.join(probe["dir"], f"failed-once-{config['search']['trial_number']}")
+    start = 0
+    ckpt = raysweep.get_checkpoint()
+    if ckpt:
+        with open(os.path.join(ckpt, "epoch")) as f:
+            start = int(f.read()) + 1
+    _probe(config, kind=f"attempt{start}", t=time.time(), first_epoch=start)
+    for epoch in range(start, int(config["training"]["num_epochs"])):
+        if epoch == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("node lost (simulated)")
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "epoch"), "w") as f:
+                f.write(str(epoch))
+            raysweep.report({"score": float(config["model"]["dropout"]), "epoch": epoch}, checkpoint=d)
