@@ -82,22 +82,34 @@ class CurveLog:
             self._f.close()
 
 
-def read_curves(path: Path) -> list[dict[str, Any]]:
-    """Rows of curves.jsonl, last report per (trial, epoch) kept, sorted."""
-    rows: dict[tuple[int, int], dict[str, Any]] = {}
-    if not path.exists():
+def read_curves(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of curves.jsonl, last report per (trial, epoch) kept, sorted.
+
+    A line cut short (a killed driver, or a writer mid-line) is skipped.
+    """
+    rows: dict[tuple[Any, Any], dict[str, Any]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows[(row.get("number"), row.get("epoch"))] = row
+    except FileNotFoundError:
         return []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed driver
-            rows[(int(row["number"]), int(row["epoch"]))] = row
-    return [rows[k] for k in sorted(rows)]
+    return sorted(rows.values(), key=lambda r: (_as_int(r.get("number")), _as_int(r.get("epoch"))))
+
+
+def _as_int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
 
 
 def filesystem(exp_path: str, cfg: Config) -> tuple[Any, str]:

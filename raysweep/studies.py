@@ -402,23 +402,10 @@ def attach_curves(trials: list[TrialRecord], curves: list[dict[str, Any]], metri
 
 
 def read_curves_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``curves.jsonl``; a torn last line is skipped; duplicates by (number, epoch) keep the last."""
-    rows: dict[tuple[Any, Any], dict[str, Any]] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # the writer may be mid-line
-                if isinstance(row, dict):
-                    rows[(row.get("number"), row.get("epoch"))] = row
-    except FileNotFoundError:
-        return []
-    return sorted(rows.values(), key=lambda r: (_int(r.get("number")) or 0, _int(r.get("epoch")) or 0))
+    """Read ``curves.jsonl`` (see :func:`raysweep.results.read_curves`)."""
+    from raysweep.results import read_curves
+
+    return read_curves(path)
 
 
 def load_curves(info: StudyInfo) -> list[dict[str, Any]]:
