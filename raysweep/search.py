@@ -75,11 +75,15 @@ class SweepController:
 
     def __init__(self, cfg: Config, study: "optuna.Study", *, n_trials: int, max_concurrent: int,
                  timeout: float | None = None, curve_sink: CurveSink | None = None) -> None:
+        """``study`` is the durable study; decisions use an in-memory mirror of it."""
         import optuna
+
+        from raysweep.mirror import StudyMirror
 
         self._optuna = optuna
         self.cfg = cfg
-        self.study = study
+        self.mirror = StudyMirror(study, sampler=study.sampler, pruner=study.pruner)
+        self.study = self.mirror.memory
         self.metric = cfg.search.metric
         self.maximize = cfg.search.direction == "maximize"
         self.n_trials = n_trials
@@ -163,8 +167,9 @@ class SweepController:
             t = trials[number]
             if t.state != TS.RUNNING:
                 continue
-            self.study._storage.set_trial_user_attr(t._trial_id, constants.ATTR_INTERRUPTED, True)
+            self.mirror.user_attr(t._trial_id, constants.ATTR_INTERRUPTED, True)
             self.study.tell(number, state=TS.FAIL)
+            self.mirror.finished(t._trial_id)
             self.study.enqueue_trial(t.params, user_attrs={"raysweep:rerun_of": number},
                                      skip_if_exists=False)
             log.warning("trial %d was left RUNNING by a previous driver; marked FAIL and queued again", number)
@@ -184,7 +189,8 @@ class SweepController:
         if self._finished_ok < self.n_startup <= self._finished_ok + len(self.live):
             return None
         trial = self.study.ask(self.distributions)
-        self.study._storage.set_trial_system_attr(trial._trial_id, constants.ATTR_RAY_TRIAL_ID, tune_id)
+        self.mirror.trial_created(trial._trial_id)
+        self.mirror.system_attr(trial._trial_id, constants.ATTR_RAY_TRIAL_ID, tune_id)
         rec = LiveTrial(number=trial.number, tune_id=tune_id, trial=trial, params=dict(trial.params))
         self.live[tune_id] = rec
         self._notify("start", rec)
@@ -225,6 +231,7 @@ class SweepController:
         if math.isfinite(value):
             if fresh:
                 rec.trial.report(value, step)
+                self.mirror.intermediate(rec.trial._trial_id, step, value)
             self._note_value(rec, step, value)
         if self.curve_sink is not None:
             row = {"number": rec.number, "epoch": step, "time": result.get("timestamp", time.time()),
@@ -287,7 +294,7 @@ class SweepController:
             state = TS.COMPLETE
         for k, v in attrs.items():
             if v is not None:
-                self.study._storage.set_trial_user_attr(rec.trial._trial_id, k, v)
+                self.mirror.user_attr(rec.trial._trial_id, k, v)
         if state == TS.COMPLETE:
             value = rec.best if self.cfg.search.objective == "best" else rec.last
             self.study.tell(rec.trial, value)
@@ -297,8 +304,15 @@ class SweepController:
             self._finished_ok += 1
         else:
             self.study.tell(rec.trial, state=TS.FAIL)
+        self.mirror.finished(rec.trial._trial_id)
         self._finished += 1
         self._notify({TS.COMPLETE: "complete", TS.PRUNED: "pruned"}.get(state, "fail"), rec)
+
+    def close(self) -> None:
+        """Wait until every change is in the durable study."""
+        self.mirror.close()
+        for err in self.mirror.errors:
+            log.warning("study storage: %s", err)
 
     def _notify(self, event: str, rec: LiveTrial | None) -> None:
         for fn in self.observers:
@@ -418,6 +432,7 @@ class StudyScheduler(_Stateless, FIFOScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         c = active()
+        _keep_workers(tune_controller, trial, c.max_concurrent)
         if trial.status != "TERMINATED":
             c.claim(trial.trial_id, trial.config)
         if c.asha is not None:
@@ -460,6 +475,27 @@ class StudyScheduler(_Stateless, FIFOScheduler):
 
     def debug_string(self) -> str:
         return "raysweep scheduler"
+
+
+def _keep_workers(tune_controller: Any, trial: Any, slots: int) -> None:
+    """Let Tune keep up to ``slots`` idle workers for reuse.
+
+    Tune caches a finished trial's actor only while another trial is staged.
+    When the startup gate holds the next trial back, the actor is shut down,
+    and the next trial waits ~1.5 s for a fresh one while the other slot is
+    the only one working. Reserving cache room per resource shape keeps the
+    workers; Tune still shuts them all down at the end of the experiment.
+    Private Tune state: skipped silently where it does not exist.
+    """
+    cache = getattr(tune_controller, "_actor_cache", None)
+    pgf = getattr(trial, "placement_group_factory", None)
+    if cache is None or pgf is None or not hasattr(cache, "increase_max"):
+        return
+    reserved: set[Any] = cache.__dict__.setdefault("_raysweep_reserved", set())
+    if pgf in reserved:
+        return
+    reserved.add(pgf)
+    cache.increase_max(pgf, by=slots)
 
 
 class SweepStopper(_Stateless, Stopper):

@@ -292,6 +292,7 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
         view.begin()
         grid = tuner.fit()
     finally:
+        controller.close()
         view.end()
         curves.close()
         search.activate(None)
