@@ -9,8 +9,10 @@ The same sleeping trials (a model of GPU-bound work) run through
 
 each in a fresh process. ideal = trials x seconds-per-trial / slots. Printed:
 wall time over ideal, counted from the first trial's start to the last trial's
-end ("span"), and from the process start ("total"), plus raysweep's speed-up
-over (b). Medians over --repeat runs.
+end ("span"), for raysweep also from the first trial's submission (when it was
+asked and handed to Ray, "submit"), and from the process start ("total", Ray's
+start-up included); "1st trial s" is the time from the command to the first
+trial running; plus raysweep's speed-up over (b). Medians over --repeat runs.
 
     python scripts/bench_overhead.py              # all workloads, 1 repeat
     python scripts/bench_overhead.py --repeat 3 --workloads 50x0.2
@@ -173,10 +175,21 @@ def run_one(variant: str, workload: str) -> dict:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         total = time.time() - t0
         rows = [tuple(map(float, line.split())) for line in Path(log).read_text().split("\n") if line.strip()]
+        submitted = None
+        db = Path(d, "runs/optuna_studies/bench/study.db")
+        if variant == "raysweep" and db.exists():
+            import sqlite3
+
+            with sqlite3.connect(db) as con:   # when the first trial was asked and handed to Ray
+                first = con.execute("select min(datetime_start) from trials").fetchone()[0]
+            from datetime import datetime
+
+            submitted = datetime.fromisoformat(first).timestamp()
     starts, ends = [r[0] for r in rows], [r[1] for r in rows]
     busy = sum(e - s for s, e in rows)
     return {"span": max(ends) - min(starts), "total": total, "trials": len(rows),
-            "first_trial_after": min(starts) - t0, "busy": busy}
+            "first_trial_after": min(starts) - t0, "busy": busy,
+            "from_submission": None if submitted is None else max(ends) - submitted}
 
 
 def main() -> None:
@@ -187,7 +200,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
     raw: dict = {}
-    print(f"{'workload':18} {'variant':14} {'span/ideal':>10} {'total/ideal':>11} {'1st trial s':>11} {'trials':>6}")
+    print(f"{'workload':18} {'variant':14} {'span/ideal':>10} {'submit/ideal':>10} {'total/ideal':>11} "
+          f"{'1st trial s':>11} {'trials':>6}")
     for wname in args.workloads.split(","):
         w = WORKLOADS[wname]
         for vname in args.variants.split(","):
@@ -197,9 +211,11 @@ def main() -> None:
             span = statistics.median(r["span"] / i for r, i in zip(runs, ideal))
             total = statistics.median(r["total"] / i for r, i in zip(runs, ideal))
             first = statistics.median(r["first_trial_after"] for r in runs)
+            subm = [r["from_submission"] / i for r, i in zip(runs, ideal) if r["from_submission"]]
             raw[(wname, vname)] = {"span_ratio": span, "total_ratio": total, "first_trial_s": first,
                                    "total_s": statistics.median(r["total"] for r in runs), "runs": runs}
-            print(f"{wname:18} {vname:14} {span:10.2f}x {total:10.2f}x {first:11.1f} {runs[0]['trials']:6d}",
+            sub = f"{statistics.median(subm):9.2f}x" if subm else f"{'-':>10}"
+            print(f"{wname:18} {vname:14} {span:10.2f}x {sub} {total:10.2f}x {first:11.1f} {runs[0]['trials']:6d}",
                   flush=True)
         if ("raysweep" in args.variants and "tune-default" in args.variants):
             a, b = raw[(wname, "raysweep")], raw[(wname, "tune-default")]
