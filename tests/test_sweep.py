@@ -67,8 +67,8 @@ def test_two_trials_overlap_on_two_slots(ray_local, in_tmp):
 def test_demo_end_to_end_with_few_trials(ray_local, in_tmp):
     result = CliRunner().invoke(cli, ["demo", "--n-trials", "3"])
     assert result.exit_code == 0, result.output
-    assert (in_tmp / "data/digits/raw").is_dir() and (in_tmp / "configs/digits_config.yaml").exists()
-    study_dir = in_tmp / "runs/optuna_studies/digits_optimization"
+    assert (in_tmp / "data/digits/raw").is_dir() and (in_tmp / "configs/digits_demo.yaml").exists()
+    study_dir = in_tmp / "runs/optuna_studies/digits_demo"
     assert (study_dir / "best_config.yaml").exists()
     assert len(pq.read_table(study_dir / "trials.parquet")) == 3
     assert "raysweep train --config" in result.output
@@ -211,14 +211,20 @@ def test_existing_study_needs_resume_and_resume_extends(ray_local, in_tmp):
     assert len({tuple(t.params.items()) for t in trials}) == 4
 
 
-def test_reused_worker_gets_fresh_config(ray_local, in_tmp):
+def test_reused_worker_starts_each_trial_fresh(ray_local, in_tmp):
     path = make_config(in_tmp, fn="leaky", n_trials=6, epochs=1, name="leaky")
     out = run_sweep(load_config(path))
     trials = study_of(out).get_trials()
-    assert len(trials) == 6
-    # each trial got its own parameters (the config dict was not shared between trials)
-    values = [t.value for t in trials]
-    assert all(v == t.params["model.dropout"] for v, t in zip(values, trials))
+    assert [t.state for t in trials] == [TS.COMPLETE] * 6
+    probes = read_probes(str(in_tmp / "probe_leaky"))
+    assert any(p["start"]["reused"] for p in probes.values()), "no worker was reused; the test proves nothing"
+    curves = {r["number"]: r for r in pq.read_table(out.study_dir / "curves.parquet").to_pylist()}
+    for t in trials:
+        assert t.value == t.number                          # its own trial number, not a neighbour's
+        assert curves[t.number]["stale_checkpoint"] == 0    # no checkpoint of the previous trial
+        assert curves[t.number]["stale_history"] == 0       # report() history starts empty
+    # the function mutated its config; the next trial still got the sampled value
+    assert all(0.0 <= t.params["model.dropout"] <= 1.0 for t in trials)
 
 
 def test_bad_metric_config_errors_before_ray(in_tmp):

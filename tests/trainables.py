@@ -35,12 +35,21 @@ def no_metric(config: dict[str, Any]) -> None:
 
 
 def leaky(config: dict[str, Any]) -> None:
-    """Reports whether a module-level mark from an earlier trial is visible."""
-    import tests.trainables as me
+    """Reports what a trial on a reused worker can see of the trial before it."""
+    import tempfile
 
-    seen = getattr(me, "_mark", None)
+    import tests.trainables as me
+    from raysweep.trial import current_session
+
+    seen = getattr(me, "_mark", None)           # the user's own module state: theirs to manage
     me._mark = config["search"]["trial_number"]
-    raysweep.report({"score": float(config["model"]["dropout"]), "leaked": 0 if seen is None else 1})
+    stale_checkpoint = raysweep.get_checkpoint() is not None
+    stale_history = len(current_session().history) > 0
+    config["model"]["dropout"] = -1.0           # mutating the config must not reach the next trial
+    _probe(config, kind="start", t=time.time(), reused=seen is not None)
+    with tempfile.TemporaryDirectory() as d:
+        raysweep.report({"score": float(me._mark), "stale_checkpoint": int(stale_checkpoint),
+                         "stale_history": int(stale_history)}, checkpoint=d)
 
 
 def read_probes(d: str) -> dict[int, dict[str, Any]]:
@@ -74,3 +83,66 @@ def flaky(config: dict[str, Any]) -> None:
             with open(os.path.join(d, "epoch"), "w") as f:
                 f.write(str(epoch))
             raysweep.report({"score": float(config["model"]["dropout"]), "epoch": epoch}, checkpoint=d)
+
+
+def _where() -> dict[str, Any]:
+    """The Ray node and GPUs this trial runs on (empty outside Ray)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return {}
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    except Exception as exc:  # pragma: no cover - evidence only
+        return {"where_error": repr(exc)}
+
+
+def on_node(config: dict[str, Any]) -> None:
+    """Checkpoints every epoch; each attempt leaves ``attempt<first epoch>`` with its node id.
+
+    A retried trial that resumed from its checkpoint leaves an attempt whose
+    first epoch is not 0.
+    """
+    import tempfile
+
+    probe = config["probe"]
+    start = 0
+    ckpt = raysweep.get_checkpoint()
+    if ckpt:
+        with open(os.path.join(ckpt, "epoch")) as f:
+            start = int(f.read()) + 1
+    _probe(config, kind=f"attempt{start}", t=time.time(), first_epoch=start, **_where())
+    for epoch in range(start, int(config["training"]["num_epochs"])):
+        time.sleep(float(probe.get("sleep", 0.05)))
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "epoch"), "w") as f:
+                f.write(str(epoch))
+            _probe(config, kind=f"epoch{epoch}", t=time.time(), **_where())
+            raysweep.report({"score": float(config["model"]["dropout"]), "epoch": epoch}, checkpoint=d)
+
+
+def gpu_share(config: dict[str, Any]) -> None:
+    """Records the GPU Ray assigned; holds until ``probe.expect`` trials have started.
+
+    The hold (at most ``probe.hold`` seconds) makes trials that can run
+    concurrently overlap for certain, so the test can count the overlap.
+    """
+    probe = config["probe"]
+    d, expect = probe["dir"], int(probe["expect"])
+    started = time.time()
+    seen = _where()
+    if probe.get("cuda"):
+        import torch
+
+        seen["cuda_devices"] = torch.cuda.device_count()
+        seen["cuda_ok"] = bool((torch.ones(4, device="cuda") * 2).sum().item() == 8)
+    _probe(config, kind="start", t=started, **seen)
+    while time.time() - started < float(probe.get("hold", 60)):
+        if sum(name.split("-")[1] == "start" for name in os.listdir(d) if name.endswith(".json")) >= expect:
+            break
+        time.sleep(0.1)
+    time.sleep(float(probe.get("sleep", 0.5)))
+    raysweep.report({"score": float(config["model"]["dropout"]), "epoch": 0})
+    _probe(config, kind="end", t=time.time())
