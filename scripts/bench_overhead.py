@@ -192,13 +192,43 @@ def run_one(variant: str, workload: str) -> dict:
             "from_submission": None if submitted is None else max(ends) - submitted}
 
 
+def startup_times(repeat: int = 7) -> None:
+    """`raysweep --help` and `raysweep status` wall times (target < 0.3 s each)."""
+    import shutil
+
+    exe = shutil.which("raysweep")
+    base = [exe] if exe else [sys.executable, "-m", "raysweep"]
+    with tempfile.TemporaryDirectory(prefix="rsstart_") as d:
+        study = Path(d, "runs/optuna_studies/s")     # a finished study with a few trials
+        code = ("import optuna, pyarrow as pa, pyarrow.parquet as pq, json, pathlib; "
+                f"p = pathlib.Path({str(study)!r}); p.mkdir(parents=True); "
+                "s = optuna.create_study(study_name='s', storage=f'sqlite:///{p}/study.db'); "
+                "s.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=5); "
+                "from raysweep.results import trial_rows, write_parquet; from raysweep import constants; "
+                "write_parquet(trial_rows(s), p / constants.TRIALS_FILE, constants.TRIAL_COLUMNS); "
+                "(p / 'sweep.json').write_text(json.dumps({'study_name': 's', 'storage': f'sqlite:///{p}/study.db', "
+                "'metric': 'value', 'direction': 'minimize', 'state': 'finished', 'search_space': ['x']}))")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=d)
+        for label, args in (("raysweep --help", ["--help"]), ("raysweep status s", ["status", "s"])):
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                subprocess.run(base + args, cwd=d, check=True, stdout=subprocess.DEVNULL)
+                times.append(time.perf_counter() - t0)
+            print(f"{label:20} median {statistics.median(times) * 1000:.0f} ms over {repeat} runs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--startup", action="store_true", help="only time CLI start-up")
     args = ap.parse_args()
+    startup_times()
+    if args.startup:
+        return
     raw: dict = {}
     print(f"{'workload':18} {'variant':14} {'span/ideal':>10} {'submit/ideal':>10} {'total/ideal':>11} "
           f"{'1st trial s':>11} {'trials':>6}")
