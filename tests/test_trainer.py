@@ -286,3 +286,75 @@ def test_builtin_train_in_a_sweep_reports_checkpoints_and_resumes(project):
         train(cfg)
     assert [m["epoch"] for m in retry.history] == [1, 2]
     assert [m["val_loss"] for m in retry.history] == pytest.approx([m["val_loss"] for m in s.history[1:]])
+
+
+def oom_in_trial_0(config: dict) -> None:
+    """The built-in trainer, except that trial 0 runs out of CUDA memory (an entrypoint for Ray workers)."""
+    from raysweep.trainers.builtin import train
+
+    if config["search"]["trial_number"] != 0:
+        train(config)
+        return
+    import torch
+
+    real = engine.build_model
+
+    def build(*a, **kw):
+        model = real(*a, **kw)
+
+        def forward(*_a, **_kw):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        model.forward = forward
+        return model
+
+    engine.build_model = build          # this worker process only, and only for this trial
+    try:
+        train(config)
+    finally:
+        engine.build_model = real
+
+
+@pytest.mark.ray
+def test_cuda_oom_fails_the_trial_and_the_sweep_continues(ray_local, project):
+    import optuna
+    import pyarrow.parquet as pq
+
+    from raysweep.tuner import run_sweep
+
+    cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
+    cfg["data"]["data_dir"] = str(project / "data" / "tiny")
+    cfg["training"].update(entrypoint="tests.test_trainer:oom_in_trial_0", batch_size=64)
+    cfg["search"] = {"study_name": "oom", "n_trials": 3, "metric": "val_acc", "direction": "maximize",
+                     "sampler": {"type": "RandomSampler", "seed": 0}, "pruner": "none", "include_baseline": False,
+                     "search_space": {"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}
+    cfg["ray"] = {"resources_per_trial": {"cpu": 1}, "max_failures": 1}   # the retry runs out of memory too
+    (project / "configs" / "oom.yaml").write_text(yaml.safe_dump(cfg))
+    out = run_sweep(load_config(project / "configs" / "oom.yaml"))
+    assert out.counts == {"COMPLETE": 2, "FAIL": 1}
+    study = optuna.load_study(study_name="oom", storage=f"sqlite:///{out.study_dir / 'study.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    rows = pq.read_table(out.study_dir / "trials.parquet").to_pylist()
+    error = next(r["error"] for r in rows if r["number"] == 0)
+    assert "CUDA out of memory at batch_size=64" in error and "mixed_precision" in error, error
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(capsys):
+    from raysweep.cli.train import _Progress
+
+    m = {"epoch": 0, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6, "lr": 0.01}
+    plain = _Progress()
+    plain.tty = False
+    plain.batch(1, 4)
+    plain.end_epoch(m, 0.5)
+    out = capsys.readouterr()
+    assert out.out == "epoch 0: train_loss 1.0000 train_acc 0.5000 val_loss 0.9000 val_acc 0.6000 lr 0.01 (0.5s)\n"
+    assert out.err == ""
+    bar = _Progress()
+    bar.tty = True
+    for i in range(1, 5):
+        bar.batch(i, 4)
+    assert bar.bar is not None and bar.bar.n == 4
+    bar.end_epoch(m, 0.5)
+    out = capsys.readouterr()
+    assert "epoch 0:" in out.err and "/4 [" in out.err and "batch/s" in out.err   # the bar, on stderr
+    assert out.out.startswith("epoch 0: train_loss") and bar.bar is None and bar.epoch == 1

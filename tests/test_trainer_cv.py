@@ -96,3 +96,32 @@ def test_cv_trial_inside_tune_does_not_deadlock(ray_local, cv_config, tmp_path):
         assert res.metrics["epoch"] == 1
         assert "val_acc.fold_1" in res.metrics
         assert res.checkpoint is not None
+
+
+@pytest.mark.ray
+def test_cv_sweep_keeps_per_fold_curves_and_the_aggregate_objective(ray_local, cv_config, tmp_path, monkeypatch):
+    """A real sweep with 2-fold CV: curves.parquet holds every fold; each trial's value is the folds' worst."""
+    import optuna
+    import pyarrow.parquet as pq
+
+    from raysweep.tuner import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    data = {k: v for k, v in cv_config.items() if k in ("seed", "data", "model", "training", "optimizer", "scheduler")}
+    data["search"] = {"study_name": "cv", "n_trials": 2, "metric": "val_acc", "direction": "maximize",
+                      "sampler": {"type": "RandomSampler", "seed": 0}, "pruner": "none", "include_baseline": False,
+                      "cross_validation": {"enabled": True, "n_folds": 2, "aggregation": "worst"},
+                      "search_space": {"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}
+    data["ray"] = {"resources_per_trial": {"cpu": 1}, "max_failures": 0}
+    (tmp_path / "cv_sweep.yaml").write_text(yaml.safe_dump(data))
+    out = run_sweep(load_config(tmp_path / "cv_sweep.yaml"))
+    assert out.counts == {"COMPLETE": 2}
+    curves = pq.read_table(out.study_dir / "curves.parquet").to_pylist()
+    assert len(curves) == 4                                      # 2 trials x 2 epochs
+    for row in curves:
+        assert row["val_acc"] == pytest.approx(min(row["val_acc.fold_0"], row["val_acc.fold_1"]))
+        assert {"val_loss.fold_1", "train_acc.fold_0"} <= set(row)
+    study = optuna.load_study(study_name="cv", storage=f"sqlite:///{out.study_dir / 'study.db'}")
+    for t in study.trials:
+        rows = [r for r in curves if r["number"] == t.number]
+        assert t.value == pytest.approx(max(r["val_acc"] for r in rows))   # objective: best epoch of the aggregate

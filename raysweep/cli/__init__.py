@@ -39,7 +39,23 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     return bool(root and root.obj and root.obj.get("debug"))
 
 
+# ml-* script name -> the raysweep subcommand it runs (console scripts in pyproject.toml)
+ALIASES: dict[str, str] = {
+    "ml-search": "run",
+    "ml-train": "train",
+    "ml-init-config": "init",
+    "ml-visualise": "visualise",
+    "ml-split": "split",
+}
+
+
 class RaysweepGroup(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not ctx.info_name and cmd_name in ALIASES:   # started by an ml-* script
+            command = super().get_command(ctx, ALIASES[cmd_name])
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -84,30 +100,32 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="raysweep")
 
 
-def _alias(command: str, prog: str) -> None:
-    cli.main(args=[command, *sys.argv[1:]], prog_name=prog)
+def _alias(prog: str) -> None:
+    # The group runs nameless and the subcommand under the script's name, so
+    # usage and error lines read "ml-split [OPTIONS]", not "ml-split split".
+    cli.main(args=[prog, *sys.argv[1:]], prog_name="")
 
 
 def ml_search() -> None:
     """``ml-search`` = ``raysweep run``."""
-    _alias("run", "ml-search")
+    _alias("ml-search")
 
 
 def ml_train() -> None:
     """``ml-train`` = ``raysweep train``."""
-    _alias("train", "ml-train")
+    _alias("ml-train")
 
 
 def ml_init_config() -> None:
     """``ml-init-config`` = ``raysweep init``."""
-    _alias("init", "ml-init-config")
+    _alias("ml-init-config")
 
 
 def ml_visualise() -> None:
     """``ml-visualise`` = ``raysweep visualise``."""
-    _alias("visualise", "ml-visualise")
+    _alias("ml-visualise")
 
 
 def ml_split() -> None:
     """``ml-split`` = ``raysweep split``."""
-    _alias("split", "ml-split")
+    _alias("ml-split")

@@ -70,8 +70,10 @@ def demo(n_trials: int, data_dir: str, verbose: bool) -> None:
 
     Writes scikit-learn's bundled 8x8 handwritten digits (1,797 images) as PNG
     files to data/digits (no network), creates stratified splits and
-    configs/digits_config.yaml, and runs a sweep with pruning on this machine.
-    Running it again continues (or just shows) the same study.
+    configs/digits_demo.yaml, and runs the sweep (study digits_demo) with
+    pruning on this machine. Running it again continues (or just shows) the
+    same study. The data then suits the usual workflow too:
+    raysweep init data/digits --optuna --yes writes configs/digits_config.yaml.
     """
     from raysweep.trainers.demo import prepare_demo
     from raysweep.tuner import preflight, run_sweep, with_overrides
@@ -97,6 +99,7 @@ def demo(n_trials: int, data_dir: str, verbose: bool) -> None:
     click.echo(f"  raysweep visualise --mode search --study-name {outcome.study_name}")
     if outcome.best_config_path is not None:
         click.echo(f"  raysweep train --config {outcome.best_config_path}")
+    click.echo(f"  raysweep init {paths.data_dir} --optuna --yes    # your own config and sweep of this data")
 
 
 COMMANDS: list[click.Command] = [run, demo]

@@ -59,15 +59,23 @@ class _Progress:
 @click.option("--fold", type=click.IntRange(min=0), help="Override data.fold.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--resume", "resume", type=click.Path(exists=True, file_okay=False),
-              help="Continue RUN_DIR from its weights/last.pt.")
+              help="Continue RUN_DIR from its weights/last.pt, in the same directory.")
 def train_cmd(config_path: str | None, lr: float | None, batch_size: int | None, num_epochs: int | None,
               fold: int | None, sets: tuple[str, ...], resume: str | None) -> None:
     """Train one fold with the built-in trainer; writes runs/<dataset>_<overrides>_fold_<k>/.
+
+    The run directory is named after the data set, batch size, lr, any other
+    override and the fold (runs/digits_batch_32_lr_0.01_fold_0). It holds
+    weights/best.pt and weights/last.pt, TensorBoard events, train.log,
+    summary.txt (best epoch, val metrics, test accuracy of the best weights),
+    metadata.json (command, git commit, seed, versions, host, device) and the
+    resolved config.yaml. A config with training.entrypoint runs that function.
 
     \b
     Examples:
       raysweep train --config configs/digits_config.yaml --lr 0.005
       raysweep train --config runs/optuna_studies/digits_optimization/best_config.yaml
+      raysweep train --config configs/digits_config.yaml --fold 2 --set training.mixed_precision=true
       raysweep train --resume runs/digits_batch_32_lr_0.01_fold_0 --num_epochs 20
     """
     from raysweep.trainers.standalone import train_command
@@ -85,14 +93,23 @@ def train_cmd(config_path: str | None, lr: float | None, batch_size: int | None,
 
 @click.command("split")
 @click.option("--raw-data", "raw_data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="data/<name>/raw with one folder per class.")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+              help="data/<name>/raw with one folder of images per class.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Train/val folds (each image outside the test split is validated once).")
 @click.option("--test-fraction", "test_fraction", type=click.FloatRange(0, 1, max_open=True), default=0.15,
-              show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+              show_default=True, help="Share of each class held out in test.txt, shared by all folds.")
+@click.option("--seed", type=int, default=42, show_default=True, help="The same seed gives the same splits.")
 @click.option("--force", is_flag=True, help="Overwrite existing splits.")
 def split_cmd(raw_data: str, folds: int, test_fraction: float, seed: int, force: bool) -> None:
-    """Write stratified folds and a test split to data/<name>/splits/."""
+    """Write stratified folds and a test split to data/<name>/splits/.
+
+    Writes fold_<k>_train.txt, fold_<k>_val.txt, test.txt (paths relative to
+    raw/) and split_info.json. Every class keeps its share in each file.
+
+    \b
+    Example:
+      raysweep split --raw-data data/digits/raw --folds 5
+    """
     from raysweep.trainers.split import make_splits
 
     r = make_splits(raw_data, folds, test_fraction, seed, force=force)
@@ -102,18 +119,46 @@ def split_cmd(raw_data: str, folds: int, test_fraction: float, seed: int, force:
 
 @click.command("init")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--optuna", is_flag=True, help="Add a search block with the default search space.")
-@click.option("--yes", "-y", is_flag=True, help="Accept every default; never prompt.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Default: configs/<name>_config.yaml.")
+@click.option("--optuna", is_flag=True,
+              help="Add a search block (the default search space, TPE sampler, median pruner) and a ray block.")
+@click.option("--yes", "-y", is_flag=True, help="Accept every default, creating missing splits; never prompt.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Where to write the config.  [default: configs/<name>_config.yaml]")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def init_cmd(data_dir: str, optuna: bool, yes: bool, output: str | None, force: bool) -> None:
-    """Inspect data/<name> and write configs/<name>_config.yaml."""
+    """Inspect a data set and write a config for it.
+
+    DATA_DIR is data/<name> (or its raw/ folder) with one folder of images per
+    class. init reports the classes, counts and image size, offers to create
+    stratified splits when there are none, asks for the model, image size,
+    batch size and epochs (defaults sized for the data) and writes
+    configs/<name>_config.yaml. With --optuna the config gets a search block
+    (lr, batch size, momentum, step size and gamma; study <name>_optimization).
+    An existing file is kept unless --force (or you confirm); one that already
+    holds exactly what init would write is fine.
+
+    \b
+    Examples:
+      raysweep init data/digits --optuna --yes
+      raysweep init data/flowers --output configs/flowers_small.yaml
+    """
     from raysweep.trainers import init_config as ic
     from raysweep.trainers.models import BUILTIN_MODELS, torchvision_available
     from raysweep.trainers.split import make_splits
 
     info = ic.inspect_dataset(data_dir)
     click.echo(info.describe())
+    out = Path(output) if output else ic.default_output(info)
+    # decided before anything is written: a refused config leaves no new splits behind
+    if out.exists() and not force:
+        if yes:
+            default_text = ic.render(ic.build_config(info, optuna=optuna), info)
+            if not (info.has_splits and ic.same_content(out, default_text)):
+                raise UsageError(f"{out} exists; pass --force to overwrite it")
+        elif click.confirm(f"{out} exists. Overwrite?", default=False):
+            force = True
+        else:
+            raise UsageError(f"{out} exists; not overwritten")
     if not info.has_splits:
         if yes or click.confirm("No splits yet. Create stratified folds and a test split now?", default=True):
             folds = 5 if yes else click.prompt("Folds", default=5, type=click.IntRange(min=2))
@@ -133,16 +178,12 @@ def init_cmd(data_dir: str, optuna: bool, yes: bool, output: str | None, force: 
         choices["num_epochs"] = click.prompt("Epochs", default=s["num_epochs"], type=click.IntRange(min=1))
         if optuna:
             choices["n_trials"] = click.prompt("Trials", default=s["n_trials"], type=click.IntRange(min=1))
-    out = Path(output) if output else ic.default_output(info)
-    if out.exists() and not force:
-        if yes:
-            raise UsageError(f"{out} exists; pass --force to overwrite it")
-        if not click.confirm(f"{out} exists. Overwrite?", default=False):
-            raise UsageError(f"{out} exists; not overwritten")
-        force = True
-    cfg = ic.build_config(info, optuna=optuna, **choices)
-    ic.write_config(out, ic.render(cfg, info), force=force)
-    click.echo(f"Wrote {out}")
+    text = ic.render(ic.build_config(info, optuna=optuna, **choices), info)
+    if ic.same_content(out, text):
+        click.echo(f"{out} is up to date")
+    else:
+        ic.write_config(out, text, force=force)
+        click.echo(f"Wrote {out}")
     click.echo(f"Next: raysweep {'run' if optuna else 'train'} --config {out}")
 
 

@@ -2,9 +2,14 @@
 
 ``prepare_demo()`` writes ``data/digits/raw/<0-9>/<nnnn>.png`` (1,797 images,
 no network), creates 5 stratified folds plus a test split and writes
-``configs/digits_config.yaml``: a tiny CNN, few epochs and a search block sized
+``configs/digits_demo.yaml``: a tiny CNN, few epochs and a search block sized
 for a ~20-trial sweep with pruning that takes a few minutes on 2 cores.
 Every step is skipped when its output already exists (unless ``force``).
+
+The demo's config and study are named ``digits_demo``, not
+``digits_config.yaml`` / ``digits_optimization``: those are what ``raysweep
+init data/digits --optuna`` and the sweep it sets up use, so the seed's
+workflow runs unchanged on the demo's data after the demo.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from raysweep.config import dump_yaml
 from raysweep.trainers import split as splitmod
 
 DEMO_NAME = "digits"
+DEMO_STUDY = "digits_demo"
+DEMO_CONFIG = Path("configs") / f"{DEMO_STUDY}.yaml"
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def demo_config(data_dir: str | Path, n_trials: int = 20) -> dict[str, Any]:
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
         "scheduler": {"name": "step", "step_size": 5, "gamma": 0.3},
         "search": {
-            "study_name": f"{DEMO_NAME}_optimization",
+            "study_name": DEMO_STUDY,
             "n_trials": n_trials,
             "metric": "val_acc",
             "direction": "maximize",
@@ -79,16 +86,26 @@ def demo_config(data_dir: str | Path, n_trials: int = 20) -> dict[str, Any]:
     }
 
 
+def demo_config_text(data_dir: str | Path = "data/digits", n_trials: int = 20,
+                     config_path: str | Path = DEMO_CONFIG) -> str:
+    """:func:`demo_config` as the commented YAML file ``prepare_demo`` writes."""
+    header = ("# raysweep demo: 8x8 scikit-learn digits upscaled to 16x16, a small CNN, 10 epochs.\n"
+              f"# raysweep run --config {Path(config_path).as_posix()}   "
+              "(~20 trials with pruning: a minute or two on 2 cores)\n"
+              "# Your own sweep of the same data: raysweep init data/digits --optuna --yes\n")
+    return header + dump_yaml(demo_config(data_dir, n_trials))
+
+
 def prepare_demo(root: str | Path = "data/digits", *, config_path: str | Path | None = None,
                  force: bool = False, n_trials: int = 20) -> DemoPaths:
-    """Write the digits images, splits and ``configs/digits_config.yaml`` (each only if missing).
+    """Write the digits images, splits and ``configs/digits_demo.yaml`` (each only if missing).
 
-    ``config_path`` defaults to ``configs/digits_config.yaml`` relative to the
+    ``config_path`` defaults to ``configs/digits_demo.yaml`` relative to the
     current directory. ``force`` rewrites all three.
     """
     root = Path(root)
     raw = root / "raw"
-    cfg_path = Path(config_path) if config_path else Path("configs") / f"{DEMO_NAME}_config.yaml"
+    cfg_path = Path(config_path) if config_path else DEMO_CONFIG
     wrote_images = wrote_splits = wrote_config = False
     existing = splitmod.list_images(raw) if raw.is_dir() else []
     if force or len(existing) < 1797:
@@ -102,9 +119,7 @@ def prepare_demo(root: str | Path = "data/digits", *, config_path: str | Path | 
         wrote_splits = True
     if force or not cfg_path.is_file():
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        header = ("# raysweep demo: 8x8 scikit-learn digits upscaled to 16x16, a small CNN, 10 epochs.\n"
-                  "# raysweep run --config configs/digits_config.yaml   (~20 trials with pruning: a minute or two on 2 cores)\n")
-        cfg_path.write_text(header + dump_yaml(demo_config(root, n_trials)), encoding="utf-8")
+        cfg_path.write_text(demo_config_text(root, n_trials, cfg_path), encoding="utf-8")
         wrote_config = True
     return DemoPaths(root, cfg_path, n, wrote_images, wrote_splits, wrote_config)
 

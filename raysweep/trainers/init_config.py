@@ -98,16 +98,25 @@ def inspect_dataset(path: str | Path, *, sample: int = 200) -> DatasetInfo:
 
 
 def suggest(info: DatasetInfo) -> dict[str, Any]:
-    """Defaults for the data set's size: model, image_size, batch_size, num_epochs, lr, n_trials.
+    """Defaults for the data set's size: model, image_size, augment, batch_size, num_epochs, lr, n_trials.
 
-    Small data sets get more epochs and smaller batches; images are trained at
-    their own size, at least 16 px (two poolings) and at most 64 px.
+    Images are trained at their own size, clamped to 8..64 px (the built-in
+    models pool twice, then adaptively). Images of 16 px or less get
+    ``tiny_net``, larger ones ``simple_cnn``. Small grayscale images (32 px or
+    less: digits, characters) are not flipped, since a mirrored character is
+    another character; other images get random horizontal flips. Small data
+    sets get more epochs and smaller batches.
+
+    >>> suggest(inspect_dataset("data/digits"))["model"]   # 8x8 digits  # doctest: +SKIP
+    'tiny_net'
     """
     n = info.n_images
     side = max(info.image_size)
+    image_size = int(min(64, max(8, side)))
     return {
-        "model": "simple_cnn",
-        "image_size": int(min(64, max(16, side))),
+        "model": "tiny_net" if image_size <= 16 else "simple_cnn",
+        "image_size": image_size,
+        "augment": not (info.grayscale and side <= 32),
         "batch_size": 32 if n < 20000 else 64,
         "num_epochs": 30 if n < 2000 else 20 if n < 20000 else 10,
         "lr": 0.01,
@@ -129,7 +138,7 @@ def build_config(info: DatasetInfo, *, optuna: bool = False, model: str | None =
             "fold": 0,
             "image_size": int(image_size or s["image_size"]),
             "grayscale": info.grayscale,
-            "augment": True,
+            "augment": bool(s["augment"]),
             "cache": True,
         },
         "model": {"name": model or s["model"], "num_classes": len(info.classes), "dropout": 0.2,
@@ -172,10 +181,19 @@ def default_output(info: DatasetInfo) -> Path:
     return Path("configs") / f"{info.name}_config.yaml"
 
 
-def write_config(path: str | Path, text: str, *, force: bool = False) -> Path:
-    """Write ``text``; an existing file is a UsageError unless ``force``."""
+def same_content(path: str | Path, text: str) -> bool:
+    """Whether ``path`` is a file holding exactly ``text``."""
     p = Path(path)
-    if p.exists() and not force:
+    try:
+        return p.is_file() and p.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def write_config(path: str | Path, text: str, *, force: bool = False) -> Path:
+    """Write ``text``; an existing file is a UsageError unless ``force`` or it already holds ``text``."""
+    p = Path(path)
+    if p.exists() and not force and not same_content(p, text):
         raise UsageError(f"{p} exists; pass --force to overwrite it")
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
