@@ -32,7 +32,7 @@ from raysweep import constants
 from raysweep.config import Config
 from raysweep.errors import ConfigError, RaysweepError
 from raysweep.space import to_distributions
-from raysweep.strategy import build_asha, startup_trials
+from raysweep.strategy import build_asha, startup_trials, trial_budget
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -86,7 +86,7 @@ class SweepController:
         self.study = self.mirror.memory
         self.metric = cfg.search.metric
         self.maximize = cfg.search.direction == "maximize"
-        self.n_trials = n_trials
+        self.n_trials = trial_budget(cfg, n_trials)
         self.max_concurrent = max(1, max_concurrent)
         self.timeout = timeout
         self.deadline = None if timeout is None else time.time() + timeout

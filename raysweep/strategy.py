@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from raysweep.config import Config, SamplerConfig
-from raysweep.space import grid
+from raysweep.space import grid, grid_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -36,7 +36,18 @@ def _cmaes(s: SamplerConfig, cfg: Config, seed: int | None) -> "optuna.samplers.
 def _grid(s: SamplerConfig, cfg: Config, seed: int | None) -> "optuna.samplers.BaseSampler":
     import optuna
 
-    return optuna.samplers.GridSampler(grid(cfg.search.space), seed=seed)
+    class SweepGridSampler(optuna.samplers.GridSampler):
+        """GridSampler that leaves stopping to the sweep.
+
+        Optuna's calls ``study.stop()`` once the grid is used up, which only
+        works inside ``study.optimize``; the sweep caps ``n_trials`` at the
+        grid's size instead (see :func:`trial_budget`).
+        """
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return SweepGridSampler(grid(cfg.search.space), seed=seed)
 
 
 SAMPLER_BUILDERS: dict[str, Callable[[SamplerConfig, Config, int | None], Any]] = {
@@ -45,6 +56,13 @@ SAMPLER_BUILDERS: dict[str, Callable[[SamplerConfig, Config, int | None], Any]] 
     "CmaEsSampler": _cmaes,
     "GridSampler": _grid,
 }
+
+
+def trial_budget(cfg: Config, n_trials: int) -> int:
+    """``n_trials``, capped at the grid's size for GridSampler (plus a baseline trial)."""
+    if cfg.search.sampler.type == "GridSampler":
+        return min(n_trials, grid_size(cfg.search.space) + (1 if cfg.search.include_baseline else 0))
+    return n_trials
 
 
 def startup_trials(cfg: Config) -> int:

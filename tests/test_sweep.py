@@ -263,3 +263,18 @@ def test_unreachable_storage_is_a_usage_error(in_tmp):
     assert "search.storage" in result.output and "alice:***@127.0.0.1:1" in result.output
     assert "s3cret" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (in_tmp / "runs").exists()
+
+
+def test_grid_sampler_runs_the_whole_grid_once(ray_local, in_tmp):
+    space = {"model.dropout": {"type": "categorical", "choices": [0.1, 0.2, 0.3]},
+             "training.num_epochs": {"type": "int", "low": 1, "high": 2}}
+    path = make_config(in_tmp, n_trials=50, epochs=1, sleep=0.01, name="grid", space=space,
+                       sampler={"type": "GridSampler", "seed": 1})
+    data = yaml.safe_load(path.read_text())
+    data["search"]["include_baseline"] = False
+    path.write_text(yaml.safe_dump(data))
+    out = run_sweep(load_config(path))
+    trials = study_of(out).get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE] * 6          # capped at the grid's size
+    points = {(t.params["model.dropout"], t.params["training.num_epochs"]) for t in trials}
+    assert points == {(d, e) for d in (0.1, 0.2, 0.3) for e in (1, 2)}
