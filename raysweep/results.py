@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raysweep import constants
+from raysweep import storage as bucket
 from raysweep.config import Config, dump_yaml, mask_url, masked_dict
 from raysweep.trial import apply_params
 
@@ -56,6 +57,7 @@ def write_sweep_info(study_dir: Path, cfg: Config, storage: str, *, state: str) 
         "config_path": str(Path(cfg.path).resolve()) if cfg.path and os.path.exists(cfg.path) else cfg.path,
         "search_space": [p.name for p in cfg.search.space],
         "n_trials": cfg.search.n_trials,
+        "experiment": mask_url(bucket.experiment_path(cfg)),
         "state": state,
         "updated": _now(),
     })
@@ -110,22 +112,6 @@ def _as_int(v: Any) -> int:
         return int(v)
     except (TypeError, ValueError):
         return 0
-
-
-def filesystem(exp_path: str, cfg: Config) -> tuple[Any, str]:
-    """The pyarrow filesystem and path of the Ray experiment directory."""
-    import pyarrow.fs as pafs
-
-    if "://" not in exp_path:
-        return pafs.LocalFileSystem(), exp_path
-    if cfg.ray.storage_endpoint:
-        scheme, _, rest = exp_path.partition("://")
-        endpoint = cfg.ray.storage_endpoint
-        http = endpoint.startswith("http://")
-        endpoint = endpoint.split("://", 1)[-1]
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http" if http else "https")
-        return fs, rest.split("?", 1)[0]
-    return pafs.FileSystem.from_uri(exp_path)
 
 
 def trial_rows(study: "optuna.Study") -> list[dict[str, Any]]:
@@ -257,7 +243,15 @@ def finish(cfg: Config, study: "optuna.Study", grid: Any, *, study_dir: Path, st
             log.warning("could not write TensorBoard HParams: %s", exc)
     atomic_write_text(study_dir / constants.SUMMARY_FILE, summary_text(cfg, outcome, rows))
     write_sweep_info(study_dir, cfg, storage, state="interrupted" if interrupted else "finished")
+    _mirror_up(cfg, study_dir)
     return outcome
+
+
+def _mirror_up(cfg: Config, study_dir: Path) -> None:
+    """With a bucket as ray.storage_path: the whole study directory to ``<experiment>/study/``."""
+    remote = bucket.bucket_path(cfg)
+    if remote is not None:
+        bucket.BucketSync(study_dir, remote).sync(force=True, everything=True)
 
 
 def summary_text(cfg: Config, outcome: "SweepOutcome", rows: list[dict[str, Any]]) -> str:

@@ -211,10 +211,12 @@ def open_optuna_study(info: StudyInfo, storage: str | None = None) -> "optuna.St
     """Load the live Optuna study (imports optuna). StudyError if unreachable or missing."""
     import optuna
 
+    from raysweep.storage import db_url
+
     url = resolve_storage(info, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=info.name, storage=url)
+        return optuna.load_study(study_name=info.name, storage=db_url(url))
     except KeyError:
         names = _storage_study_names(url)
         hint = f"; studies in that storage: {', '.join(names)}" if names else ""
@@ -229,8 +231,10 @@ def open_optuna_study(info: StudyInfo, storage: str | None = None) -> "optuna.St
 def _storage_study_names(url: str) -> list[str]:
     import optuna
 
+    from raysweep.storage import db_url
+
     try:
-        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage=url))
+        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage=db_url(url)))
     except Exception:  # only a hint for an error message
         return []
 

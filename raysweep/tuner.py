@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from raysweep import constants
+from raysweep import constants, storage
 from raysweep.config import Config, mask_url
 from raysweep.errors import StudyError, UsageError
 from raysweep.space import baseline_params
@@ -62,39 +62,85 @@ def storage_url(cfg: Config) -> str:
 
 
 def ray_storage_path(cfg: Config) -> str:
-    p = cfg.ray.storage_path
-    if "://" in p:
-        return p
-    return str(Path(p).resolve())
+    """``ray.storage_path`` for Ray: an absolute path, or a bucket URI with its endpoint (no keys)."""
+    return storage.ray_storage_path(cfg)
 
 
 def experiment_path(cfg: Config) -> str:
-    base = ray_storage_path(cfg)
-    if "://" in base:
-        scheme, _, rest = base.partition("://")
-        path, _, query = rest.partition("?")
-        joined = f"{scheme}://{path.rstrip('/')}/{cfg.search.study_name}"
-        return f"{joined}?{query}" if query else joined
-    return str(Path(base) / cfg.search.study_name)
+    """Ray's experiment directory, ``<storage_path>/<study_name>``."""
+    return storage.experiment_path(cfg)
+
+
+#: connection attempts when opening a database study storage, and the first wait (doubles)
+DB_RETRIES = 5
+DB_RETRY_WAIT_S = 0.5
+
+
+def _is_server_db(url: str) -> bool:
+    return url.startswith(("postgresql", "mysql"))
 
 
 def open_storage(url: str, *, config_path: str | None = None) -> Any:
-    """An Optuna storage for ``url``; unreachable databases are StudyErrors."""
+    """An Optuna storage for ``url``; unreachable databases are StudyErrors.
+
+    A database server (PostgreSQL, MySQL) gets ``pool_pre_ping`` (a dropped
+    connection is replaced before use), ``pool_recycle`` and a few attempts with
+    backoff before giving up; the password is masked in every message.
+    """
     import optuna
 
+    shown, url = url, storage.db_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    elif url.startswith(("postgresql", "mysql")):
+    elif _is_server_db(url):
         kwargs["engine_kwargs"] = {"pool_pre_ping": True, "pool_recycle": 300}
+        if url.startswith("postgresql"):
+            kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 10}
+    attempts = DB_RETRIES if _is_server_db(url) else 1
+    for attempt in range(attempts):
+        try:
+            if url.startswith(("sqlite", "postgresql", "mysql")):
+                return optuna.storages.RDBStorage(url, **kwargs)
+            return optuna.storages.get_storage(url)
+        except Exception as exc:  # sqlalchemy/driver errors: one line, password masked
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if attempt + 1 < attempts and _transient(exc):
+                wait = DB_RETRY_WAIT_S * 2 ** attempt
+                log.warning("cannot reach %s (%s); retrying in %.1f s", mask_url(shown), mask_url(reason), wait)
+                time.sleep(wait)
+                continue
+            raise StudyError(f"{config_path + ': ' if config_path else ''}search.storage: cannot open "
+                             f"{mask_url(shown)}: {mask_url(reason)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _transient(exc: BaseException) -> bool:
+    """A connection problem worth another try (not a bad URL, password or driver)."""
     try:
-        if url.startswith(("sqlite", "postgresql", "mysql")):
-            return optuna.storages.RDBStorage(url, **kwargs)
-        return optuna.storages.get_storage(url)
-    except Exception as exc:  # sqlalchemy/driver errors: one line, password masked
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StudyError(f"{config_path + ': ' if config_path else ''}search.storage: cannot open "
-                         f"{mask_url(url)}: {mask_url(reason)}") from None
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
+        return False
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        text = str(exc).lower()
+        return not any(s in text for s in ("password authentication failed", "does not exist",
+                                           "no password supplied", "role "))
+    return False
+
+
+def with_db_retries(what: str, url: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, retried with backoff while a database server drops or refuses connections."""
+    attempts = DB_RETRIES if _is_server_db(url) else 1
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt + 1 >= attempts or not _transient(exc):
+                raise
+            wait = DB_RETRY_WAIT_S * 2 ** attempt
+            log.warning("%s: lost the connection to %s; retrying in %.1f s", what, mask_url(url), wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def study_exists(storage: Any, name: str) -> bool:
@@ -111,10 +157,14 @@ def study_exists(storage: Any, name: str) -> bool:
 def preflight(cfg: Config, *, resume: bool) -> None:
     """Everything that can fail on bad input, before anything is written."""
     load_entrypoint(cfg.entrypoint, config_path=cfg.path)
+    storage.check_storage_path(cfg)
     sd = study_dir(cfg)
     url = storage_url(cfg)
     default_sqlite = not cfg.search.storage
     name = cfg.search.study_name
+    bucket = storage.bucket_path(cfg)
+    if bucket is not None:
+        _check_bucket(cfg, sd, bucket, resume=resume, default_sqlite=default_sqlite)
     if default_sqlite:
         exists = (sd / constants.STUDY_DB_FILE).exists() and study_exists(open_storage(url), name)
     else:
@@ -128,25 +178,61 @@ def preflight(cfg: Config, *, resume: bool) -> None:
                          f"in {mask_url(url)}; run without --resume to start it")
 
 
-def _slots(cfg: Config, started_locally: bool) -> int:
-    import ray
+def _check_bucket(cfg: Config, sd: Path, bucket_copy: str, *, resume: bool, default_sqlite: bool) -> None:
+    """A bucket's experiment: refuse to start over it; on --resume, fetch the study files missing here."""
+    import pyarrow.fs as pafs
 
-    res = ray.cluster_resources()
-    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-    slots = math.inf
-    if cfg.ray.cpu > 0:
-        slots = min(slots, math.floor(cpus / cfg.ray.cpu + 1e-9))
-    if cfg.ray.gpu > 0:
-        slots = min(slots, math.floor(gpus / cfg.ray.gpu + 1e-9))
-    if slots == 0 or slots is math.inf:
-        need = f"cpu: {cfg.ray.cpu:g}, gpu: {cfg.ray.gpu:g}"
-        have = f"{cpus:g} CPUs and {gpus:g} GPUs"
+    exp = experiment_path(cfg)
+    where = f"{cfg.path}: ray.storage_path"
+    try:
+        fs, exp_fs_path = storage.filesystem(exp)
+        bucket = exp_fs_path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StudyError(f"{where}: the bucket {bucket!r} does not exist at {mask_url(exp)}; "
+                             f"create it first (raysweep does not create buckets)")
+        in_bucket = fs.get_file_info(f"{exp_fs_path}/tuner.pkl").type == pafs.FileType.File
+        if resume and in_bucket and not (sd / constants.STUDY_DB_FILE).exists():
+            fetched = storage.download_study(bucket_copy, sd)
+            if fetched:
+                log.info("fetched %s from %s", ", ".join(fetched), mask_url(bucket_copy))
+    except (OSError, ValueError) as exc:  # pyarrow: bad bucket, no credentials, unreachable endpoint
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StudyError(f"{where}: cannot use {mask_url(exp)}: {mask_url(reason)}") from None
+    if in_bucket and not resume:
+        raise StudyError(
+            f"{where}: the experiment {mask_url(exp)} already exists; continue it with --resume "
+            f"or start a new one with --study-name NAME")
+    if resume and default_sqlite and not in_bucket and not (sd / constants.STUDY_DB_FILE).exists():
+        raise StudyError(f"{where}: there is no experiment {mask_url(exp)} and no local "
+                         f"{sd / constants.STUDY_DB_FILE} to resume; run without --resume to start it")
+
+
+def _slots(cfg: Config, started_locally: bool) -> int:
+    """Trials to run at once on the connected Ray; a UsageError when none could ever run.
+
+    Per node (a trial's resources must fit on one node), plus what the
+    cluster's autoscaler can add; see :mod:`raysweep.resources`.
+    """
+    from raysweep import resources
+
+    cpu, gpu = cfg.ray.cpu, cfg.ray.gpu
+    facts = resources.read_cluster(autoscaling=not started_locally, cpu=cpu, gpu=gpu)
+    plan = resources.plan_slots(cpu, gpu, facts)
+    if not plan.fits:
+        need = f"cpu: {cpu:g}, gpu: {gpu:g}"
         if started_locally:
+            res = facts.nodes[0] if facts.nodes else {}
+            have = f"{res.get('CPU', 0.0):g} CPUs and {res.get('GPU', 0.0):g} GPUs"
             raise UsageError(f"{cfg.path}: ray.resources_per_trial: a trial needs {need} but this "
                              f"machine offers {have}; lower the request or pass --address of a cluster")
-        log.warning("no node can fit a trial (%s, cluster has %s) yet; waiting for the autoscaler", need, have)
-        return 1
-    return int(slots)
+        scaling = ("its autoscaler cannot add a node that fits" if facts.autoscaler
+                   else "it does not autoscale")
+        raise UsageError(f"{cfg.path}: ray.resources_per_trial: a trial needs {need} on one node but no node "
+                         f"of the cluster can fit it ({resources.describe(facts)}) and {scaling}; "
+                         f"lower the request or add a node that fits")
+    if plan.warning:
+        log.warning("%s", plan.warning)
+    return plan.slots
 
 
 def _init_ray(cfg: Config, address: str | None, verbose: bool) -> bool:
@@ -180,6 +266,27 @@ def _quiet_ray(verbose: bool) -> None:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
+#: what Ray Tune would copy from the driver's environment into every trial actor's runtime_env
+_CREDENTIAL_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def _keep_credentials_out_of_ray() -> None:
+    """Stop Tune from putting the driver's AWS keys into the trials' runtime_env.
+
+    Ray's runtime-env agent logs every runtime_env it creates, so the secret key
+    would land in clear in ``session_*/logs/runtime_env_agent.log`` on each node.
+    Trials find credentials the way the driver does: a local Ray inherits the
+    driver's environment; cluster nodes use their own (an instance role).
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # pragma: no cover - Tune moved it; nothing to undo then
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, (set, frozenset)):
+        class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - _CREDENTIAL_ENV
+
+
 def _patch_generator_state(exp_path: str, fs: Any, fs_path: str) -> None:
     """Let a restored experiment ask for more trials (a larger --n-trials).
 
@@ -211,19 +318,26 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Ray first: a cluster that cannot run the trials fails before a study exists.
+    _quiet_ray(verbose)
+    _keep_credentials_out_of_ray()
+    started_locally = _init_ray(cfg, address, verbose)
+    max_concurrent = cfg.ray.max_concurrent_trials or _slots(cfg, started_locally)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
     sd = study_dir(cfg)
     sd.mkdir(parents=True, exist_ok=True)
     url = storage_url(cfg)
-    storage = open_storage(url, config_path=cfg.path)
+    db = open_storage(url, config_path=cfg.path)
     from raysweep.strategy import build_pruner, build_sampler
 
     n_existing = 0
     if resume:
-        n_existing = len(optuna.load_study(study_name=cfg.search.study_name, storage=storage).trials)
-    study = optuna.create_study(
-        study_name=cfg.search.study_name, storage=storage, load_if_exists=resume,
+        n_existing = with_db_retries("loading the study", url, lambda: len(
+            optuna.load_study(study_name=cfg.search.study_name, storage=db).trials))
+    study = with_db_retries("opening the study", url, lambda: optuna.create_study(
+        study_name=cfg.search.study_name, storage=db, load_if_exists=resume,
         direction=cfg.search.direction, sampler=build_sampler(cfg, reseed=n_existing),
-        pruner=build_pruner(cfg))
+        pruner=build_pruner(cfg)))
     if not resume:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -238,10 +352,6 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
     results.write_sweep_info(sd, cfg, url, state="running")
     curves = results.CurveLog(sd / constants.CURVES_LOG_FILE)
 
-    _quiet_ray(verbose)
-    started_locally = _init_ray(cfg, address, verbose)
-    max_concurrent = cfg.ray.max_concurrent_trials or _slots(cfg, started_locally)
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
 
     controller = search.SweepController(cfg, study, n_trials=cfg.search.n_trials, max_concurrent=max_concurrent,
                                         timeout=cfg.search.timeout, curve_sink=curves.append)
@@ -253,23 +363,29 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
 
     metric, mode = cfg.search.metric, ("max" if cfg.search.direction == "maximize" else "min")
     base = dict(cfg.data)
+    if isinstance(base.get("search"), dict) and base["search"].get("storage"):
+        # trials never open the study; its password stays out of Ray (trial configs, logs)
+        base["search"] = dict(base["search"], storage=mask_url(base["search"]["storage"]))
     data_dir = (base.get("data") or {}).get("data_dir")
     if cfg.entrypoint is None and data_dir and "://" not in str(data_dir):
         # trials may run in another working directory: hand them an absolute path
         base["data"] = dict(base["data"], data_dir=str(Path(data_dir).resolve()))
     trainable = tune.with_resources(make_trainable(base, cfg.entrypoint),
                                     {"cpu": cfg.ray.cpu, "gpu": cfg.ray.gpu})
+    # Ray gets URIs only, never a filesystem object: one built with keys would be pickled,
+    # keys in clear, into tuner.pkl. pyarrow reads credentials from the environment.
     exp_path = experiment_path(cfg)
-    fs, fs_path = results.filesystem(exp_path, cfg)
+    fs, fs_path = storage.filesystem(exp_path)
+    bucket_uri = storage.bucket_path(cfg)
+    bucket = storage.BucketSync(sd, bucket_uri) if bucket_uri else None
+    storage.activate(bucket)
     t0 = time.time()
     try:
-        if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs if cfg.ray.storage_endpoint else None):
+        if resume and tune.Tuner.can_restore(exp_path):
             _patch_generator_state(exp_path, fs, fs_path)
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False,
-                                       storage_filesystem=fs if cfg.ray.storage_endpoint else None)
+                                       resume_errored=False, restart_errored=False)
         else:
-            storage_path = ray_storage_path(cfg)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -279,10 +395,9 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
                     trial_name_creator=search.trial_name, trial_dirname_creator=search.trial_name),
                 run_config=tune.RunConfig(
                     name=cfg.search.study_name,
-                    storage_path=storage_path if not cfg.ray.storage_endpoint else fs_path.rsplit("/", 1)[0],
-                    storage_filesystem=fs if cfg.ray.storage_endpoint else None,
+                    storage_path=ray_storage_path(cfg),
                     stop=search.SweepStopper(),
-                    callbacks=[progress.ViewCallback()],
+                    callbacks=[progress.ViewCallback(), storage.sync_callback()],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=max(cfg.ray.keep_checkpoints, 2)),
                     failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
                     verbose=1 if verbose else 0,
@@ -297,10 +412,13 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
         curves.close()
         search.activate(None)
         progress.activate(None)
+        storage.activate(None)
 
     interrupted = controller.fatal is None and not controller.all_done()
     if controller.fatal is not None:
         results.write_sweep_info(sd, cfg, url, state="failed")
+        if bucket is not None:
+            bucket.sync(force=True)
         raise controller.fatal
     outcome = results.finish(cfg, study, grid, study_dir=sd, storage=url, experiment=exp_path,
                              interrupted=interrupted, fs=fs)
