@@ -138,7 +138,9 @@ def write_hparams(study_dir: Path, trials: list[dict[str, Any]], metric: str) ->
     Each trial dict has ``number``, ``state``, ``params`` (dict), ``value``,
     ``final_metric``, ``best_metric``, ``epochs`` and optionally ``intermediate``
     ({epoch: metric}). Values that are None are left out. Calling it again
-    rewrites the files (it is what the core does at the end of a sweep).
+    rewrites the experiment summary and writes the runs of trials it has not
+    written in that state yet (a finished trial does not change), so the end of
+    a resumed 2,000-trial sweep costs only its new trials.
 
     Example::
 
@@ -163,6 +165,9 @@ def write_hparams(study_dir: Path, trials: list[dict[str, Any]], metric: str) ->
     tag_value, tag_final, tag_best, tag_epochs = metric_tags(metric)
     for t in sorted(trials, key=lambda t: t["number"]):
         run_dir = logdir / f"trial_{t['number']}"
+        marker = run_dir / f".written-{t.get('state')}"
+        if marker.exists() and any(run_dir.glob("events.out.tfevents.*")):
+            continue  # a finished trial does not change: a resumed sweep writes only the new ones
         _clear_events(run_dir)
         epochs = t.get("epochs")
         step = int(epochs) if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else 0
@@ -179,6 +184,9 @@ def write_hparams(study_dir: Path, trials: list[dict[str, Any]], metric: str) ->
             if step:
                 w.add_scalar(tag_epochs, float(step), step)
             w.file_writer.add_summary(_session_end(str(t.get("state") or "")))
+        for old_marker in run_dir.glob(".written-*"):
+            old_marker.unlink()
+        marker.touch()
     return logdir
 
 

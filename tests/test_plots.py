@@ -234,11 +234,24 @@ def test_write_hparams_round_trip(tmp_path):
     assert "optimizer.name" not in hparams_data(failed[0][1]).session_start_info.hparams
 
 
-def test_write_hparams_again_replaces_the_files(tmp_path):
-    tb_hparams.write_hparams(tmp_path, TRIALS, "val_acc")
-    logdir = tb_hparams.write_hparams(tmp_path, TRIALS[:1], "val_acc")
-    assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == ["trial_0"]
-    assert len(summaries(logdir / "trial_0")) == len(summaries(logdir / "trial_0"))   # one file, read fine
+def _event_files(run_dir):
+    return sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))
+
+
+def test_write_hparams_again_writes_only_what_changed(tmp_path):
+    logdir = tb_hparams.write_hparams(tmp_path, TRIALS, "val_acc")
+    before = {n: _event_files(logdir / f"trial_{n}") for n in (0, 3, 4)}
+    assert all(len(files) == 1 for files in before.values())
+    # a resumed sweep: trial 0 is unchanged, trial 3 ended differently, trial 4 is gone
+    changed = dict(TRIALS[1], state="COMPLETE", value=0.5)
+    logdir = tb_hparams.write_hparams(tmp_path, [TRIALS[0], changed], "val_acc")
+    assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == ["trial_0", "trial_3"]
+    assert _event_files(logdir / "trial_0") == before[0]            # not rewritten
+    assert len(_event_files(logdir / "trial_3")) == 1               # rewritten, one session only
+    from tensorboardX.proto.api_pb2 import Status
+
+    got = summaries(logdir / "trial_3")
+    assert hparams_data(got[-1][1]).session_end_info.status == Status.Value("STATUS_SUCCESS")
 
 
 def test_write_hparams_from_a_studys_records(root, tmp_path):
