@@ -6,8 +6,8 @@ Tuner (fresh or restored), and the outputs in the study directory.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -287,6 +287,47 @@ def _keep_credentials_out_of_ray() -> None:
         class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - _CREDENTIAL_ENV
 
 
+@contextlib.contextmanager
+def _cached_trainable_lookups() -> Any:
+    """Memoise Tune's trainable-class registry lookups in the driver for one sweep.
+
+    For every trial Tune checks twice and fetches once the trainable class from
+    the GCS key-value store (a round trip each, and an unpickling of the
+    class); the class does not change during a sweep. Private Tune state:
+    nothing is cached where it does not exist.
+    """
+    try:
+        from ray.tune import registry
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    reg = getattr(registry, "_global_registry", None)
+    category = getattr(registry, "TRAINABLE_CLASS", None)
+    if reg is None or category is None or not hasattr(reg, "get") or not hasattr(reg, "contains"):
+        yield
+        return
+    get, contains = reg.get, reg.contains
+    found: dict[str, Any] = {}
+
+    def cached_get(cat: str, key: str) -> Any:
+        if cat != category:
+            return get(cat, key)
+        if key not in found:
+            found[key] = get(cat, key)
+        return found[key]
+
+    def cached_contains(cat: str, key: str) -> bool:
+        if cat == category and key in found:
+            return True
+        return contains(cat, key)
+
+    reg.get, reg.contains = cached_get, cached_contains
+    try:
+        yield
+    finally:
+        reg.get, reg.contains = get, contains
+
+
 def _patch_generator_state(exp_path: str, fs: Any, fs_path: str) -> None:
     """Let a restored experiment ask for more trials (a larger --n-trials).
 
@@ -405,7 +446,8 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
                 ),
             )
         view.begin()
-        grid = tuner.fit()
+        with _cached_trainable_lookups():
+            grid = tuner.fit()
     finally:
         controller.close()
         view.end()
