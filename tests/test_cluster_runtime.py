@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import optuna
 import pytest
 import yaml
 
+from tests.procs import free_port, kill
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +38,6 @@ TS = optuna.trial.TrialState
 # ---------------------------------------------------------------------------
 # Processes: what `ray start` launched, found by process group, parentage and temp dir
 # ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _table() -> dict[int, tuple[int, int, str]]:
@@ -76,32 +71,6 @@ def _owned(pgid: int, marker: str, known: set[int]) -> set[int]:
     return out
 
 
-def _kill(pids: set[int]) -> None:
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        alive = set()
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                alive.add(pid)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while alive and time.monotonic() < deadline:
-            table = _table()
-            alive = {p for p in alive if p in table and not _zombie(p)}
-            time.sleep(0.2)
-        if not alive:
-            return
-        pids = alive
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 class RayNode:
     """One `ray start` node: its temp dir, its processes, its node id."""
 
@@ -109,7 +78,7 @@ class RayNode:
         self.name = name
         self.temp_dir = tmp / name
         self.pids: set[int] = set()
-        ports = {flag: _free_port() for flag in (
+        ports = {flag: free_port() for flag in (
             "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
         cmd = [shutil.which("ray") or "ray", "start", *args, "--node-ip-address=127.0.0.1",
@@ -148,7 +117,7 @@ class RayNode:
         os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        _kill(_owned(self.pgid, str(self.temp_dir), self.pids))
+        kill(_owned(self.pgid, str(self.temp_dir), self.pids))
 
 
 class Cluster:
@@ -166,11 +135,11 @@ class Cluster:
                     RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
                     RAY_health_check_timeout_ms="1000", **(env or {}))
         self.env = env_
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[RayNode] = []
         # the client server port is a free ephemeral one: outside Ray's worker port range
-        head_args = ["--head", f"--port={self.port}", f"--ray-client-server-port={_free_port()}",
+        head_args = ["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
                      "--include-dashboard=false", f"--num-cpus={head.get('cpus', 1)}",
                      f"--num-gpus={head.get('gpus', 0)}", *args]
         try:

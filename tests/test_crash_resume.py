@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -11,30 +10,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+
+from tests.procs import count_trials, kill_group, quadratic_config
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
-
-
-def _config(tmp: Path, name: str, n_trials: int, sleep: float) -> Path:
-    data = {
-        "seed": 3,
-        "training": {"entrypoint": "raysweep.examples.quadratic:train", "num_epochs": 6},
-        "optimizer": {"lr": 0.01, "momentum": 0.9},
-        "quadratic": {"sleep": sleep},
-        "search": {"study_name": name, "n_trials": n_trials, "metric": "score",
-                   "sampler": {"type": "TPESampler", "n_startup_trials": 3, "seed": 3},
-                   "pruner": "none",
-                   "search_space": {"optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1.0},
-                                    "optimizer.momentum": {"type": "uniform", "low": 0.5, "high": 0.99}}},
-        "ray": {"resources_per_trial": {"cpu": 1}, "max_failures": 1},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _env() -> dict[str, str]:
@@ -50,16 +32,6 @@ def _start(tmp: Path, *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _count(db: Path, state: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return con.execute("select count(*) from trials where state = ?", (state,)).fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -71,35 +43,28 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the sweep")
 
 
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("raysweep:interrupted")]
 
 
 def test_sigkill_then_resume_finishes_exactly_n_trials(in_tmp):
-    cfg = _config(in_tmp, "crash", n_trials=8, sleep=0.25)
+    cfg = quadratic_config(in_tmp, "crash", n_trials=8, sleep=0.25)
     db = in_tmp / "runs/optuna_studies/crash/study.db"
     proc = _start(in_tmp, "run", "--config", str(cfg))
     try:
         # kill the driver (and the Ray it started) while trials run, after some finished
-        _wait_for(lambda: _count(db, "COMPLETE") >= 3 and _count(db, "RUNNING") >= 1, 120, proc)
-        _kill_group(proc, signal.SIGKILL)
+        _wait_for(lambda: count_trials(db, "COMPLETE") >= 3 and count_trials(db, "RUNNING") >= 1, 120, proc)
+        kill_group(proc, signal.SIGKILL)
         proc.wait(30)
     finally:
-        _kill_group(proc, signal.SIGKILL)
+        kill_group(proc, signal.SIGKILL)
     study = optuna.load_study(study_name="crash", storage=f"sqlite:///{db}")
     assert any(t.state == TS.RUNNING for t in study.trials)
     done_before = {t.number: t.params for t in study.trials if t.state == TS.COMPLETE}
 
     resumed = _start(in_tmp, "run", "--config", str(cfg), "--resume")
     out, _ = resumed.communicate(timeout=300)
-    _kill_group(resumed, signal.SIGKILL)
+    kill_group(resumed, signal.SIGKILL)
     assert resumed.returncode == 0, out
 
     study = optuna.load_study(study_name="crash", storage=f"sqlite:///{db}")
@@ -114,15 +79,15 @@ def test_sigkill_then_resume_finishes_exactly_n_trials(in_tmp):
 
 
 def test_ctrl_c_stops_cleanly_and_resume_completes(in_tmp):
-    cfg = _config(in_tmp, "intr", n_trials=8, sleep=0.25)
+    cfg = quadratic_config(in_tmp, "intr", n_trials=8, sleep=0.25)
     db = in_tmp / "runs/optuna_studies/intr/study.db"
     proc = _start(in_tmp, "run", "--config", str(cfg))
     try:
-        _wait_for(lambda: _count(db, "COMPLETE") >= 2 and _count(db, "RUNNING") >= 1, 120, proc)
+        _wait_for(lambda: count_trials(db, "COMPLETE") >= 2 and count_trials(db, "RUNNING") >= 1, 120, proc)
         os.kill(proc.pid, signal.SIGINT)          # what Ctrl-C sends to the driver
         out, _ = proc.communicate(timeout=120)
     finally:
-        _kill_group(proc, signal.SIGKILL)
+        kill_group(proc, signal.SIGKILL)
     assert proc.returncode == 130, out
     assert "Traceback" not in out
     assert f"raysweep run --config {cfg} --resume" in out
@@ -132,7 +97,7 @@ def test_ctrl_c_stops_cleanly_and_resume_completes(in_tmp):
 
     resumed = _start(in_tmp, "run", "--config", str(cfg), "--resume")
     out, _ = resumed.communicate(timeout=300)
-    _kill_group(resumed, signal.SIGKILL)
+    kill_group(resumed, signal.SIGKILL)
     assert resumed.returncode == 0, out
     study = optuna.load_study(study_name="intr", storage=f"sqlite:///{db}")
     assert len(_counted(study)) == 8 and not [t for t in study.trials if t.state == TS.RUNNING]

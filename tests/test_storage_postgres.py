@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,9 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
-import yaml
 
 from raysweep import storage
+from tests.procs import kill_group, quadratic_config
 from raysweep.errors import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,24 +63,6 @@ def pg_url():
         admin.close()
 
 
-def _config(tmp: Path, name: str, url: str, n_trials: int, sleep: float) -> Path:
-    data = {
-        "seed": 11,
-        "training": {"entrypoint": "raysweep.examples.quadratic:train", "num_epochs": 6},
-        "optimizer": {"lr": 0.01, "momentum": 0.9},
-        "quadratic": {"sleep": sleep},
-        "search": {"study_name": name, "n_trials": n_trials, "metric": "score", "storage": url,
-                   "sampler": {"type": "TPESampler", "n_startup_trials": 3, "seed": 11},
-                   "pruner": "none",
-                   "search_space": {"optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1.0},
-                                    "optimizer.momentum": {"type": "uniform", "low": 0.5, "high": 0.99}}},
-        "ray": {"resources_per_trial": {"cpu": 1}, "max_failures": 1},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -102,15 +83,8 @@ def _run(cwd: Path, *args: str, timeout: float = 240, **env: str) -> tuple[int, 
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     return proc.returncode, out
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _study(url: str, name: str) -> optuna.Study:
@@ -144,7 +118,7 @@ def _files_holding(root: Path, text: str) -> list[str]:
 def test_sweep_on_postgres_then_status_and_visualise_read_it(pg_url, in_tmp):
     password = _password(pg_url)
     assert password
-    cfg = _config(in_tmp, "pgsweep", pg_url, n_trials=4, sleep=0.02)
+    cfg = quadratic_config(in_tmp, "pgsweep", n_trials=4, sleep=0.02, seed=11, storage=pg_url)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rsp", dir="/tmp"))   # short: Ray's socket paths
     try:
         rc, out = _run(in_tmp, "run", "--config", str(cfg), RAY_TMPDIR=str(ray_tmp))
@@ -187,7 +161,7 @@ def test_sweep_on_postgres_then_status_and_visualise_read_it(pg_url, in_tmp):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_repairs_running_trials_on_postgres(pg_url, in_tmp):
-    cfg = _config(in_tmp, "pgcrash", pg_url, n_trials=6, sleep=0.25)
+    cfg = quadratic_config(in_tmp, "pgcrash", n_trials=6, sleep=0.25, seed=11, storage=pg_url)
     proc = _start(in_tmp, "run", "--config", str(cfg))
     try:
         end = time.time() + 120
@@ -198,10 +172,10 @@ def test_sigkill_then_resume_repairs_running_trials_on_postgres(pg_url, in_tmp):
             assert proc.poll() is None, f"driver exited early:\n{proc.stdout.read()}"
             assert time.time() < end, f"timed out waiting for the sweep: {s}"
             time.sleep(0.2)
-        _kill_group(proc)
+        kill_group(proc)
         proc.wait(30)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     study = _study(pg_url, "pgcrash")
     left_running = {t.number: t.params for t in study.trials if t.state == TS.RUNNING}
     assert left_running

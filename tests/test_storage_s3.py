@@ -13,7 +13,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import yaml
 
 from raysweep import storage
 from raysweep.config import load_config
+from tests.procs import count_trials, free_port, kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
@@ -54,12 +54,6 @@ main(sys.argv[1:])
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
     """A moto S3 server on 127.0.0.1 with an empty bucket; credentials in the environment only."""
@@ -69,7 +63,7 @@ def s3(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path.parent / f"moto-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", _MOTO_LAUNCHER, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,21 +116,6 @@ def _start(cwd: Path, ray_tmp: str, *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _count(db: Path, state: str) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("select count(*) from trials where state = ?", (state,)).fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def _bucket(endpoint: str):
     return storage.filesystem(storage.with_endpoint(f"s3://{BUCKET}", endpoint))
 
@@ -187,16 +166,16 @@ def _run_kill_resume(s3, work: Path, ray_a: Path, ray_b: Path) -> None:
     outputs = []
     try:
         end = time.time() + 150
-        while not (_count(db, "COMPLETE") >= 2 and _count(db, "RUNNING") >= 1
+        while not (count_trials(db, "COMPLETE") >= 2 and count_trials(db, "RUNNING") >= 1
                    and fs.get_file_info(mirror_db).type == pafs.FileType.File
                    and fs.get_file_info(f"{base}/sweeps/bkt/tuner.pkl").type == pafs.FileType.File):
             assert proc.poll() is None, f"driver exited early:\n{proc.stdout.read()}"
             assert time.time() < end, "timed out waiting for the sweep to write into the bucket"
             time.sleep(0.2)
-        _kill_group(proc)
+        kill_group(proc)
         outputs.append(proc.communicate(timeout=30)[0])
     finally:
-        _kill_group(proc)
+        kill_group(proc)
 
     # a fresh machine: the config and the bucket, nothing else
     shutil.rmtree(work / "runs")
@@ -205,7 +184,7 @@ def _run_kill_resume(s3, work: Path, ray_a: Path, ray_b: Path) -> None:
     try:
         out, _ = resumed.communicate(timeout=240)
     finally:
-        _kill_group(resumed)
+        kill_group(resumed)
     outputs.append(out)
     assert resumed.returncode == 0, out
 
@@ -222,8 +201,8 @@ def _run_kill_resume(s3, work: Path, ray_a: Path, ray_b: Path) -> None:
     # the mirrored study is the finished one
     snap = work / "mirror.db"
     snap.write_bytes(objects[f"{BUCKET}/sweeps/bkt/study/study.db"])
-    assert _count(snap, "COMPLETE") == sum(t.state == TS.COMPLETE for t in study.trials)
-    assert _count(snap, "RUNNING") == 0
+    assert count_trials(snap, "COMPLETE") == sum(t.state == TS.COMPLETE for t in study.trials)
+    assert count_trials(snap, "RUNNING") == 0
 
     # the secret key is nowhere: not in the bucket, not in any local file, not in the output
     leaks = [name for name, data in {**objects, **_local_files(work, ray_a, ray_b)}.items()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +21,7 @@ from click.testing import CliRunner
 from raysweep import jobs
 from raysweep.cli import cli
 from raysweep.errors import ConfigError, UsageError
+from tests.procs import free_port, kill
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,12 +41,6 @@ QUADRATIC = {
     },
     "ray": {"resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 0},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _project(tmp_path: Path, **over: Any) -> Path:
@@ -176,7 +169,7 @@ def test_submit_bad_config_exits_2_without_contacting(tmp_path: Path, monkeypatc
 def test_submit_unreachable_says_ray_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = _project(tmp_path)
-    port = _free_port()
+    port = free_port()
     cluster = ROOT / "clusters" / "aws.yaml"
     r = _invoke("submit", "--config", str(cfg), "--address", f"http://127.0.0.1:{port}", "--cluster", str(cluster))
     assert r.exit_code == 1
@@ -224,31 +217,6 @@ def _group(pgid: int) -> set[int]:
     return out
 
 
-def _kill(pids: set[int]) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        alive = set()
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                alive.add(pid)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while alive and time.monotonic() < deadline:
-            for pid in list(alive):
-                try:
-                    os.kill(pid, 0)
-                    with open(f"/proc/{pid}/stat") as f:
-                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                            alive.discard(pid)
-                except (ProcessLookupError, FileNotFoundError):
-                    alive.discard(pid)
-            time.sleep(0.2)
-        if not alive:
-            return
-        pids = alive
-
-
 @pytest.fixture(scope="module")
 def local_head() -> Iterator[dict[str, Any]]:
     """A Ray head of this test's own; yields its dashboard address and env."""
@@ -260,8 +228,8 @@ def local_head() -> Iterator[dict[str, Any]]:
     token.write_text("raysweep-test-token-" + os.urandom(8).hex())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
-    dash = _free_port()
-    ports = {p: _free_port() for p in ("--port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+    dash = free_port()
+    ports = {p: free_port() for p in ("--port", "--ray-client-server-port", "--dashboard-agent-listen-port",
                                        "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
                                        "--metrics-export-port", "--node-manager-port", "--object-manager-port")}
     cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
@@ -281,7 +249,7 @@ def local_head() -> Iterator[dict[str, Any]]:
             pytest.fail(f"ray start failed: {out[-2000:]}")
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "token": token, "tmp": tmp}
     finally:
-        _kill(_descendants(started | _group(proc.pid)))
+        kill(_descendants(started | _group(proc.pid)), term_wait=5.0)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -295,7 +263,7 @@ def test_submit_runs_a_sweep_on_the_head(local_head: dict[str, Any], tmp_path: P
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     project = tmp_path / "proj"
     project.mkdir()
-    cfg = _project(project)
+    _project(project)
     (project / "runs").mkdir()
     (project / "runs" / "junk.bin").write_bytes(b"x" * 1024)
     results = tmp_path / "results"
