@@ -61,3 +61,7 @@ TRIAL_PARAMS_KEY = "raysweep_params"
 # --- environment ----------------------------------------------------------
 ENV_DEBUG = "RAYSWEEP_DEBUG"                   # "1": show tracebacks
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
+#: Ray's setting for modules its worker processes import before taking work
+ENV_RAY_PRELOAD = "RAY_preload_python_modules"
+#: what a trial's worker imports anyway: preloaded in the workers of a local Ray
+WORKER_PRELOAD_MODULES = "ray.tune,raysweep.trial"
