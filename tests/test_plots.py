@@ -234,6 +234,22 @@ def test_write_hparams_round_trip(tmp_path):
     assert "optimizer.name" not in hparams_data(failed[0][1]).session_start_info.hparams
 
 
+def test_write_hparams_keeps_torch_out_of_the_driver(tmp_path):
+    """The sweep's driver writes HParams at the end; importing torch there costs seconds."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from pathlib import Path; from raysweep import tb_hparams; "
+            f"tb_hparams.write_hparams(Path({str(tmp_path)!r}), json.loads(sys.argv[1]), 'val_acc'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "import torch; print(torch.tensor([1.0]).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(TRIALS)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1.0"                      # torch still imports afterwards
+    assert summaries(tmp_path / "tensorboard" / "trial_0")
+
+
 def _event_files(run_dir):
     return sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))
 
