@@ -58,6 +58,10 @@ ATTR_BEST = "raysweep:best_metric"
 TRIAL_NUMBER_KEY = "raysweep_trial_number"
 TRIAL_PARAMS_KEY = "raysweep_params"
 
+#: finished trials after which TPE's asks are computed ahead in a helper process
+#: (raysweep.presampler); below it an ask costs about a millisecond
+PRESAMPLE_AFTER = 200
+
 # --- environment ----------------------------------------------------------
 ENV_DEBUG = "RAYSWEEP_DEBUG"                   # "1": show tracebacks
 ENV_RAY_ADDRESS = "RAY_ADDRESS"

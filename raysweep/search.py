@@ -82,7 +82,20 @@ class SweepController:
 
         self._optuna = optuna
         self.cfg = cfg
-        self.mirror = StudyMirror(study, sampler=study.sampler, pruner=study.pruner)
+        s = cfg.search.sampler
+        # plain TPE: its asks can be computed ahead in a helper process (raysweep.presampler)
+        self._presample_kwargs: dict[str, Any] | None = None
+        self._fill: Any = None
+        sampler = study.sampler
+        if s.type == "TPESampler" and not s.multivariate:
+            from raysweep.presampler import filled_sampler
+
+            self._presample_kwargs = {"n_startup_trials": s.n_startup_trials, "constant_liar": s.constant_liar,
+                                      "seed": None if s.seed is None else s.seed + 7919}
+            sampler = self._fill = filled_sampler(study.sampler)
+        self.presample_after = constants.PRESAMPLE_AFTER
+        self.presampler: Any = None
+        self.mirror = StudyMirror(study, sampler=sampler, pruner=study.pruner)
         self.study = self.mirror.memory
         self.metric = cfg.search.metric
         self.maximize = cfg.search.direction == "maximize"
@@ -188,13 +201,46 @@ class SweepController:
         # Startup gate: the (n_startup+1)-th trial waits until n_startup finished.
         if self._finished_ok < self.n_startup <= self._finished_ok + len(self.live):
             return None
-        trial = self.study.ask(self.distributions)
+        taken = self._presampled()
+        if taken is not None:
+            self._fill.next = taken[1]
+        try:
+            trial = self.study.ask(self.distributions)
+        finally:
+            if self._fill is not None:
+                self._fill.next = None
+        if self.presampler is not None:
+            if taken is not None and trial.params == taken[1]:
+                self.presampler.started(trial.number, trial.params, taken[0])
+            else:  # not taken, or a queued trial (a rerun, the baseline) ran with its own values
+                if taken is not None:
+                    self.presampler.drop(taken[0])
+                self.presampler.started(trial.number, trial.params)
         self.mirror.trial_created(trial._trial_id)
         self.mirror.system_attr(trial._trial_id, constants.ATTR_RAY_TRIAL_ID, tune_id)
         rec = LiveTrial(number=trial.number, tune_id=tune_id, trial=trial, params=dict(trial.params))
         self.live[tune_id] = rec
         self._notify("start", rec)
         return {constants.TRIAL_PARAMS_KEY: rec.params, constants.TRIAL_NUMBER_KEY: rec.number}
+
+    def _presampled(self) -> tuple[int, dict[str, Any]] | None:
+        """A TPE suggestion the helper process computed ahead, when one is ready and fresh."""
+        if self._presample_kwargs is None or self._finished_ok < self.presample_after:
+            return None
+        if self.presampler is None:
+            from raysweep.presampler import Presampler
+
+            TS = self._optuna.trial.TrialState
+            trials = self.study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING))
+            kwargs = dict(self._presample_kwargs)
+            if kwargs["seed"] is not None:
+                kwargs["seed"] += len(trials)      # another stream after each resume
+            self.presampler = Presampler(kwargs, self.distributions, self.cfg.search.direction, trials,
+                                         depth=self.max_concurrent)
+            return None
+        # a random startup suggestion never replaces TPE's once startup is over
+        min_basis = self.n_startup if self._finished_ok >= self.n_startup else 0
+        return self.presampler.take(self._finished_ok, max_lag=self.max_concurrent, min_basis=min_basis)
 
     # -- results -----------------------------------------------------------
     def _note_value(self, rec: LiveTrial, step: int, value: float) -> None:
@@ -305,11 +351,17 @@ class SweepController:
         else:
             self.study.tell(rec.trial, state=TS.FAIL)
         self.mirror.finished(rec.trial._trial_id)
+        if self.presampler is not None:
+            self.presampler.ended(rec.number, self.study._storage.get_trial(rec.trial._trial_id))
         self._finished += 1
         self._notify({TS.COMPLETE: "complete", TS.PRUNED: "pruned"}.get(state, "fail"), rec)
 
     def close(self) -> None:
-        """Wait until every change is in the durable study."""
+        """Wait until every change is in the durable study; stop the TPE helper."""
+        if self.presampler is not None:
+            self.presampler.close()
+            log.debug("TPE helper: %d suggestions used, %d dropped as too old",
+                      self.presampler.used, self.presampler.dropped)
         self.mirror.close()
         for err in self.mirror.errors:
             log.warning("study storage: %s", err)
