@@ -213,10 +213,9 @@ def test_train_needs_config_or_resume(project):
 
 # -- CUDA OOM -----------------------------------------------------------------
 
-def _oom_model(monkeypatch):
+def _oom_builder(real):
+    """``engine.build_model``, except that the model's forward runs out of CUDA memory."""
     import torch
-
-    real = engine.build_model
 
     def build(*a, **kw):
         model = real(*a, **kw)
@@ -226,7 +225,11 @@ def _oom_model(monkeypatch):
         model.forward = forward
         return model
 
-    monkeypatch.setattr(engine, "build_model", build)
+    return build
+
+
+def _oom_model(monkeypatch):
+    monkeypatch.setattr(engine, "build_model", _oom_builder(engine.build_model))
 
 
 def test_cuda_oom_becomes_a_trainer_error(project, monkeypatch):
@@ -295,19 +298,8 @@ def oom_in_trial_0(config: dict) -> None:
     if config["search"]["trial_number"] != 0:
         train(config)
         return
-    import torch
-
     real = engine.build_model
-
-    def build(*a, **kw):
-        model = real(*a, **kw)
-
-        def forward(*_a, **_kw):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        model.forward = forward
-        return model
-
-    engine.build_model = build          # this worker process only, and only for this trial
+    engine.build_model = _oom_builder(real)   # this worker process only, and only for this trial
     try:
         train(config)
     finally:
