@@ -405,14 +405,11 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
     db = open_storage(url, config_path=cfg.path)
     from raysweep.strategy import build_pruner, build_sampler
 
-    n_existing = 0
-    if resume:
-        n_existing = with_db_retries("loading the study", url, lambda: len(
-            optuna.load_study(study_name=cfg.search.study_name, storage=db).trials))
     study = with_db_retries("opening the study", url, lambda: optuna.create_study(
         study_name=cfg.search.study_name, storage=db, load_if_exists=resume,
-        direction=cfg.search.direction, sampler=build_sampler(cfg, reseed=n_existing),
-        pruner=build_pruner(cfg)))
+        direction=cfg.search.direction, sampler=build_sampler(cfg), pruner=build_pruner(cfg)))
+    if resume:  # another seed stream, so a resumed study does not repeat its parameter sets
+        study.sampler = build_sampler(cfg, reseed=len(study.get_trials(deepcopy=False)))
     if not resume:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -426,7 +423,6 @@ def run_sweep(cfg: Config, *, resume: bool = False, address: str | None = None, 
 
     results.write_sweep_info(sd, cfg, url, state="running")
     curves = results.CurveLog(sd / constants.CURVES_LOG_FILE)
-
 
     controller = search.SweepController(cfg, study, n_trials=cfg.search.n_trials, max_concurrent=max_concurrent,
                                         timeout=cfg.search.timeout, curve_sink=curves.append)
