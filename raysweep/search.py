@@ -517,9 +517,14 @@ class StudyScheduler(_Stateless, FIFOScheduler):
         started actor, so all slots stay busy.
         """
         with_actor = getattr(tune_controller, "_trial_to_actor", {})
-        for trial in reversed(tune_controller.get_trials()):
+        # Tune's own lists of pending and paused trials, where it keeps them: scanning
+        # every trial of a 2,000-trial sweep on each call costs the driver's loop
+        pending = getattr(tune_controller, "_pending_trials_list", None)
+        for trial in reversed(tune_controller.get_trials() if pending is None else pending):
             if trial.status == "PENDING" and trial not in with_actor:
                 return trial
+        if not getattr(tune_controller, "_paused_trials", True):
+            return None
         for trial in tune_controller.get_trials():
             if trial.status == "PAUSED":
                 return trial
